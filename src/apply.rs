@@ -1,0 +1,471 @@
+//! Changing a local root: atomic file writes, renames, deletes, directories,
+//! symlinks and metadata.
+//!
+//! `apply` never writes outside its root: every path is a validated
+//! [`RelPath`], and no operation goes through a symlink on the way to its
+//! target. A file is written under a temporary name in its target
+//! directory, given its metadata, verified, and only then renamed into place,
+//! so no partial file ever appears under a real name.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use filetime::FileTime;
+
+use crate::filter::TEMP_PREFIX;
+use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
+use crate::scan::entry_from_metadata;
+
+/// Extended attributes to give a path, read from the source.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("refusing to write through symlink {0}: it could lead outside the root")]
+    SymlinkInPath(RelPath),
+    #[error("{0} is not a directory")]
+    NotADirectory(RelPath),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{0}")]
+    Verify(String),
+    /// A directory to delete still holds entries the session does not sync.
+    #[error("directory {0} still holds excluded entries; it was kept")]
+    NotEmpty(RelPath),
+    /// Content the plan meant to reuse is no longer what the plan expected.
+    #[error("{0} is no longer what the plan expected")]
+    Stale(RelPath),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ApplyError {
+    let what = what.into();
+    move |source| ApplyError::Io { what, source }
+}
+
+/// A local root that operations are applied to.
+pub struct LocalTree {
+    root: PathBuf,
+    preserve: Preserve,
+    /// Directories checked to be real directories (not links) this run.
+    checked_dirs: Mutex<HashSet<RelPath>>,
+    temp_counter: AtomicU64,
+}
+
+impl LocalTree {
+    pub fn new(root: PathBuf, preserve: Preserve) -> Self {
+        LocalTree {
+            root,
+            preserve,
+            checked_dirs: Mutex::new(HashSet::new()),
+            temp_counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of `path`, after checking that each directory above
+    /// it inside the root is a real directory. Missing ones are created
+    /// (owner-only; their final mode is set later) when `create` is set.
+    fn safe_path(&self, path: &RelPath, create: bool) -> Result<PathBuf, ApplyError> {
+        let mut ancestors = Vec::new();
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d.is_root() {
+                break;
+            }
+            if self.checked_dirs.lock().unwrap().contains(&d) {
+                break;
+            }
+            dir = d.parent();
+            ancestors.push(d);
+        }
+        for d in ancestors.into_iter().rev() {
+            let abs = d.under(&self.root);
+            match fs::symlink_metadata(&abs) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(ApplyError::SymlinkInPath(d));
+                }
+                Ok(meta) if !meta.is_dir() => return Err(ApplyError::NotADirectory(d)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&abs)
+                        .or_else(|e| {
+                            if e.kind() == io::ErrorKind::AlreadyExists && abs.is_dir() {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(io_error(format!("cannot create directory {d}")))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(ApplyError::Io {
+                        what: format!("directory {d} is missing"),
+                        source: e,
+                    })
+                }
+                Err(e) => return Err(io_error(format!("cannot inspect {d}"))(e)),
+            }
+            self.checked_dirs.lock().unwrap().insert(d);
+        }
+        Ok(path.under(&self.root))
+    }
+
+    fn forget_checked(&self, path: &RelPath) {
+        self.checked_dirs
+            .lock()
+            .unwrap()
+            .retain(|d| !d.starts_with(path));
+    }
+
+    fn temp_path(&self, path: &RelPath) -> Result<PathBuf, ApplyError> {
+        let dest = self.safe_path(path, true)?;
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let mut name = TEMP_PREFIX.to_vec();
+        name.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+        Ok(dest.with_file_name(std::ffi::OsStr::from_bytes(&name)))
+    }
+
+    /// Reads the entry at `path` as it is now, with `hash` as its content hash.
+    pub fn stat(&self, path: &RelPath, hash: Option<Hash>) -> Result<Entry, ApplyError> {
+        let abs = path.under(&self.root);
+        let meta = fs::symlink_metadata(&abs).map_err(io_error(format!("cannot stat {path}")))?;
+        let kind = if meta.is_dir() {
+            Kind::Dir
+        } else if meta.file_type().is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::File
+        };
+        let link_target = if kind == Kind::Symlink {
+            Some(
+                fs::read_link(&abs)
+                    .map_err(io_error(format!("cannot read link {path}")))?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        } else {
+            None
+        };
+        let mut entry = entry_from_metadata(path.clone(), kind, &meta, link_target, None);
+        entry.hash = hash;
+        if self.preserve.xattrs {
+            entry.xattr_hash = crate::scan::read_xattrs(&abs, kind)
+                .ok()
+                .map(|pairs| xattr_pairs_hash(&pairs));
+        }
+        Ok(entry)
+    }
+
+    /// Writes a file from `data` under a temporary name, hashing what it
+    /// writes; `verify` sees the hash and may refuse, and only then is the
+    /// file given its metadata and renamed into place.
+    pub fn write_file(
+        &self,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        data: &mut dyn Read,
+        verify: &dyn Fn(&Hash) -> Result<(), String>,
+    ) -> Result<(Entry, u64), ApplyError> {
+        let tmp = self.temp_path(&entry.path)?;
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_error(format!(
+                    "cannot create a temporary file for {}",
+                    entry.path
+                )))?;
+            let (hash, written) = copy_hashing(data, &mut file)
+                .map_err(io_error(format!("cannot copy {}", entry.path)))?;
+            verify(&hash).map_err(ApplyError::Verify)?;
+            self.set_file_metadata(&file, &tmp, entry, xattrs)?;
+            drop(file);
+            self.place(&tmp, &entry.path)?;
+            Ok((hash, written))
+        })();
+        match result {
+            Ok((hash, written)) => Ok((self.stat(&entry.path, Some(hash))?, written)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies content this root already holds at `from` to `entry.path`,
+    /// checking it is still the content `entry.hash` names.
+    pub fn local_copy(
+        &self,
+        from: &RelPath,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+    ) -> Result<(Entry, u64), ApplyError> {
+        let source = self.safe_path(from, false)?;
+        let mut file = File::open(&source).map_err(|_| ApplyError::Stale(from.clone()))?;
+        let expected = entry.hash;
+        self.write_file(entry, xattrs, &mut file, &|hash| {
+            if Some(*hash) == expected {
+                Ok(())
+            } else {
+                Err(format!("{from} changed; its content cannot be reused"))
+            }
+        })
+    }
+
+    /// Moves `from` (a file holding `entry`'s content, as `expected` recorded
+    /// it) onto `entry.path` and gives it `entry`'s metadata.
+    pub fn rename_content(
+        &self,
+        from: &RelPath,
+        expected: &Entry,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+    ) -> Result<Entry, ApplyError> {
+        let now = self
+            .stat(from, None)
+            .map_err(|_| ApplyError::Stale(from.clone()))?;
+        if !now.same_stat(expected) {
+            return Err(ApplyError::Stale(from.clone()));
+        }
+        self.rename(from, &entry.path)?;
+        self.set_metadata(entry, xattrs, expected.hash.or(entry.hash))
+    }
+
+    /// Renames a file, link or directory within the root.
+    pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<(), ApplyError> {
+        let src = self.safe_path(from, false)?;
+        let dst = self.safe_path(to, true)?;
+        fs::rename(&src, &dst).map_err(io_error(format!("cannot rename {from} to {to}")))?;
+        self.forget_checked(from);
+        self.forget_checked(to);
+        Ok(())
+    }
+
+    /// Deletes a file, link or empty directory. Gone already is success.
+    pub fn delete(&self, entry: &Entry) -> Result<(), ApplyError> {
+        let abs = self.safe_path(&entry.path, false)?;
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(format!("cannot delete {}", entry.path))(e)),
+        };
+        let result = if meta.is_dir() {
+            self.forget_checked(&entry.path);
+            fs::remove_dir(&abs)
+        } else {
+            fs::remove_file(&abs)
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                Err(ApplyError::NotEmpty(entry.path.clone()))
+            }
+            Err(e) => Err(io_error(format!("cannot delete {}", entry.path))(e)),
+        }
+    }
+
+    /// Creates a directory (owner-only until its metadata is set, after its
+    /// contents). An existing directory is fine.
+    pub fn mkdir(&self, entry: &Entry) -> Result<(), ApplyError> {
+        let abs = self.safe_path(&entry.path, true)?;
+        match fs::DirBuilder::new().mode(0o700).create(&abs) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let meta = fs::symlink_metadata(&abs)
+                    .map_err(io_error(format!("cannot inspect {}", entry.path)))?;
+                if meta.is_dir() {
+                    Ok(())
+                } else {
+                    Err(ApplyError::NotADirectory(entry.path.clone()))
+                }
+            }
+            Err(e) => Err(io_error(format!("cannot create directory {}", entry.path))(
+                e,
+            )),
+        }
+    }
+
+    /// Creates (or replaces) a symlink, atomically.
+    pub fn symlink(&self, entry: &Entry, xattrs: Option<&Xattrs>) -> Result<Entry, ApplyError> {
+        let target = entry.link_target.as_deref().unwrap_or_default();
+        let tmp = self.temp_path(&entry.path)?;
+        let result = (|| {
+            symlink(std::ffi::OsStr::from_bytes(target), &tmp)
+                .map_err(io_error(format!("cannot create link {}", entry.path)))?;
+            self.set_path_metadata(&tmp, entry, xattrs)?;
+            self.place(&tmp, &entry.path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.stat(&entry.path, None)
+    }
+
+    /// Gives an existing path `entry`'s metadata.
+    pub fn set_metadata(
+        &self,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+        hash: Option<Hash>,
+    ) -> Result<Entry, ApplyError> {
+        let abs = self.safe_path(&entry.path, false)?;
+        self.set_path_metadata(&abs, entry, xattrs)?;
+        self.stat(&entry.path, hash)
+    }
+
+    fn place(&self, tmp: &Path, path: &RelPath) -> Result<(), ApplyError> {
+        let dest = path.under(&self.root);
+        fs::rename(tmp, &dest).map_err(io_error(format!("cannot move {path} into place")))
+    }
+
+    fn set_file_metadata(
+        &self,
+        file: &File,
+        path: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+    ) -> Result<(), ApplyError> {
+        let what = || format!("cannot set metadata of {}", entry.path);
+        self.set_owner(path, entry, false)?;
+        if let Some(pairs) = xattrs {
+            set_xattrs(path, pairs, false).map_err(io_error(what()))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(entry.mode))
+            .map_err(io_error(what()))?;
+        filetime::set_file_handle_times(file, None, Some(mtime_of(entry))).map_err(io_error(what()))
+    }
+
+    fn set_path_metadata(
+        &self,
+        path: &Path,
+        entry: &Entry,
+        xattrs: Option<&Xattrs>,
+    ) -> Result<(), ApplyError> {
+        let what = || format!("cannot set metadata of {}", entry.path);
+        let is_link = entry.kind == Kind::Symlink;
+        self.set_owner(path, entry, is_link)?;
+        if let Some(pairs) = xattrs {
+            set_xattrs(path, pairs, is_link).map_err(io_error(what()))?;
+        }
+        if is_link {
+            filetime::set_symlink_file_times(path, FileTime::now(), mtime_of(entry))
+                .map_err(io_error(what()))
+        } else {
+            fs::set_permissions(path, fs::Permissions::from_mode(entry.mode))
+                .map_err(io_error(what()))?;
+            filetime::set_file_mtime(path, mtime_of(entry)).map_err(io_error(what()))
+        }
+    }
+
+    fn set_owner(&self, path: &Path, entry: &Entry, _is_link: bool) -> Result<(), ApplyError> {
+        if !self.preserve.owner && !self.preserve.group {
+            return Ok(());
+        }
+        let uid = self.preserve.owner.then_some(entry.uid);
+        let gid = self.preserve.group.then_some(entry.gid);
+        std::os::unix::fs::lchown(path, uid, gid)
+            .map_err(io_error(format!("cannot set owner of {}", entry.path)))
+    }
+}
+
+fn mtime_of(entry: &Entry) -> FileTime {
+    FileTime::from_unix_time(entry.mtime.sec, entry.mtime.nsec)
+}
+
+fn set_xattrs(path: &Path, pairs: &Xattrs, is_link: bool) -> io::Result<()> {
+    use std::ffi::OsStr;
+    let wanted: HashSet<&[u8]> = pairs.iter().map(|(n, _)| n.as_slice()).collect();
+    let existing: Vec<_> = if is_link {
+        xattr::list(path)?.collect()
+    } else {
+        xattr::list_deref(path)?.collect()
+    };
+    for name in existing {
+        if !wanted.contains(name.as_bytes()) {
+            if is_link {
+                xattr::remove(path, &name)?;
+            } else {
+                xattr::remove_deref(path, &name)?;
+            }
+        }
+    }
+    for (name, value) in pairs {
+        let name = OsStr::from_bytes(name);
+        if is_link {
+            xattr::set(path, name, value)?;
+        } else {
+            xattr::set_deref(path, name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The hash the scanner computes over a path's extended attributes.
+pub fn xattr_pairs_hash(pairs: &Xattrs) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    for (name, value) in pairs {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Copies `data` to `out`, returning the BLAKE3 of what was copied and its length.
+pub fn copy_hashing(data: &mut dyn Read, out: &mut dyn Write) -> io::Result<(Hash, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((*hasher.finalize().as_bytes(), total))
+}
+
+/// Removes temporary files left in `paths` by processes that are gone.
+pub fn remove_stale_temps(paths: &[PathBuf]) {
+    for path in paths {
+        let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let rest = &name[TEMP_PREFIX.len().min(name.len())..];
+        let pid: Option<i32> = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse().ok());
+        let alive = match pid {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            Some(pid) if pid > 0 => unsafe {
+                libc::kill(pid, 0) == 0
+                    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            },
+            _ => false,
+        };
+        if !alive {
+            let _ = fs::remove_file(path);
+        }
+    }
+}

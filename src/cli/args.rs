@@ -1,0 +1,121 @@
+//! Every flag, defined once, with its help text.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use snapsync::scan::LinkMode;
+
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SNAPSYNC_COMMIT"),
+    ", protocol 1)"
+);
+
+#[derive(Parser)]
+#[command(
+    name = "snapsync",
+    version = VERSION,
+    about = "Keep directory trees in sync, sending only what changed since the last run",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make REMOTE a replica of LOCAL (LOCAL -> REMOTE)
+    Push(SyncArgs),
+    /// Make LOCAL a replica of REMOTE (REMOTE -> LOCAL)
+    Pull(SyncArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Links {
+    /// Replicate symlinks as symlinks
+    Keep,
+    /// Copy what symlinks point to
+    Follow,
+    /// Ignore symlinks on both sides
+    Skip,
+}
+
+impl From<Links> for LinkMode {
+    fn from(links: Links) -> Self {
+        match links {
+            Links::Keep => LinkMode::Keep,
+            Links::Follow => LinkMode::Follow,
+            Links::Skip => LinkMode::Skip,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SyncArgs {
+    /// The local root (a directory)
+    pub local: PathBuf,
+    /// The other root (a directory; created if missing when it is the target)
+    pub remote: String,
+
+    /// Session name; by default derived from both roots and the direction
+    #[arg(short = 'N', long, value_name = "NAME")]
+    pub session: Option<String>,
+    /// Drop this session's snapshots, rescan both trees and compare them in full
+    #[arg(short = 'x', long)]
+    pub reset: bool,
+    /// Print the plan; change nothing, snapshots included
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Exclude paths matching PAT (rules apply in order, first match wins)
+    #[arg(long, value_name = "PAT")]
+    pub exclude: Vec<String>,
+    /// Include paths matching PAT (rules apply in order, first match wins)
+    #[arg(long, value_name = "PAT")]
+    pub include: Vec<String>,
+    /// Read rules from FILE: `+ PAT` or `- PAT` per line; `#` comments
+    #[arg(long, value_name = "FILE")]
+    pub filter_from: Vec<PathBuf>,
+
+    /// Never replace a target file whose mtime is newer than the source's
+    #[arg(long)]
+    pub newer: bool,
+    /// Do not propagate deletions
+    #[arg(long)]
+    pub no_delete: bool,
+    /// Symlinks: replicate as links, copy what they point to, or ignore
+    #[arg(long, value_enum, default_value = "keep", value_name = "MODE")]
+    pub links: Links,
+    /// Also preserve the owner (uid)
+    #[arg(long)]
+    pub owner: bool,
+    /// Also preserve the group (gid)
+    #[arg(long)]
+    pub group: bool,
+    /// Also preserve extended attributes
+    #[arg(long)]
+    pub xattrs: bool,
+    /// Decide "changed" by content hash, not size+mtime+inode
+    #[arg(long)]
+    pub checksum: bool,
+
+    /// Where this side keeps its state (default LOCAL/.snapsync)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Show each operation on stderr
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print errors only
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Show a progress bar on stderr (when it is a terminal)
+    #[arg(long)]
+    pub progress: bool,
+}

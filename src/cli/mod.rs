@@ -1,0 +1,289 @@
+//! Command-line layer: turns flags into the library's plain option structs,
+//! runs the session and maps the outcome to output and exit codes
+//! (0 done, 1 error, 2 usage, 3 some paths failed, 130 interrupted).
+
+mod args;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use args::{Cli, Command, SyncArgs};
+use snapsync::changes::DiffOptions;
+use snapsync::endpoint::LocalEndpoint;
+use snapsync::filter::{parse_filter_file, FilterError, Filters, RuleKind, RuleSpec};
+use snapsync::model::Preserve;
+use snapsync::reconcile::ReplicaOptions;
+use snapsync::session::{run_replica, Direction, SyncOptions};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_PARTIAL: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// A failure before or instead of a run, with its exit code.
+pub struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn error(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_ERROR,
+            message: message.into(),
+        }
+    }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn main() -> i32 {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return EXIT_USAGE;
+        }
+    };
+    let result = match cli.command {
+        Command::Push(args) => {
+            let sub = matches.subcommand_matches("push").expect("push matched");
+            sync(Direction::Push, &args, sub)
+        }
+        Command::Pull(args) => {
+            let sub = matches.subcommand_matches("pull").expect("pull matched");
+            sync(Direction::Pull, &args, sub)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("snapsync: error: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Result<i32, Failure> {
+    if looks_remote(&args.remote) {
+        return Err(Failure::error(format!(
+            "`{}` names a remote root (HOST:PATH), which this build cannot reach yet; give a local directory (write ./{} for a local path with a colon)",
+            args.remote, args.remote
+        )));
+    }
+    let filters = filters_in_order(matches)?;
+    let local = absolute(&args.local)?;
+    let remote = absolute(Path::new(&args.remote))?;
+    check_roots_apart(&local, &remote)?;
+    let session = match &args.session {
+        Some(name) => valid_session_name(name)?,
+        None => default_session_name(direction, &local, &remote),
+    };
+    let preserve = Preserve {
+        owner: args.owner,
+        group: args.group,
+        xattrs: args.xattrs,
+    };
+    let options = SyncOptions {
+        direction,
+        session,
+        reset: args.reset,
+        dry_run: args.dry_run,
+        diff: DiffOptions {
+            filters,
+            links: args.links.into(),
+            preserve,
+            checksum: args.checksum,
+        },
+        replica: ReplicaOptions {
+            no_delete: args.no_delete,
+            newer: args.newer,
+            preserve,
+        },
+    };
+    let local_end = LocalEndpoint::new(local, args.state_dir.clone(), preserve);
+    let remote_end = LocalEndpoint::new(remote, None, preserve);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
+    }
+    let printer = output::Printer::new(args);
+    let outcome = run_replica(&local_end, &remote_end, &options, &printer, &stop)
+        .map_err(|e| Failure::error(e.to_string()))?;
+    printer.finish(&outcome);
+    Ok(if outcome.interrupted {
+        EXIT_INTERRUPTED
+    } else if !outcome.failures.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `HOST:PATH` as rsync reads it: a colon before the first slash.
+fn looks_remote(spec: &str) -> bool {
+    match spec.find(':') {
+        Some(colon) => !spec[..colon].contains('/') && colon > 0,
+        None => false,
+    }
+}
+
+/// The `--exclude`, `--include` and `--filter-from` rules in the order
+/// they were given.
+fn filters_in_order(matches: &clap::ArgMatches) -> Result<Filters, Failure> {
+    let mut ordered: Vec<(usize, Vec<RuleSpec>)> = Vec::new();
+    for (id, kind) in [
+        ("exclude", RuleKind::Exclude),
+        ("include", RuleKind::Include),
+    ] {
+        if let (Some(values), Some(indices)) =
+            (matches.get_many::<String>(id), matches.indices_of(id))
+        {
+            for (pattern, index) in values.zip(indices) {
+                ordered.push((
+                    index,
+                    vec![RuleSpec {
+                        kind,
+                        pattern: pattern.clone(),
+                    }],
+                ));
+            }
+        }
+    }
+    if let (Some(values), Some(indices)) = (
+        matches.get_many::<PathBuf>("filter_from"),
+        matches.indices_of("filter_from"),
+    ) {
+        for (file, index) in values.zip(indices) {
+            let rules = parse_filter_file(file).map_err(|e| match e {
+                FilterError::Read { .. } => Failure::error(e.to_string()),
+                _ => Failure::usage(e.to_string()),
+            })?;
+            ordered.push((index, rules));
+        }
+    }
+    ordered.sort_by_key(|(index, _)| *index);
+    let specs: Vec<RuleSpec> = ordered.into_iter().flat_map(|(_, rules)| rules).collect();
+    Filters::new(&specs).map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// An absolute path with every existing part resolved (links, `..`), so
+/// two spellings of one directory compare equal.
+fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| Failure::error(format!("cannot resolve {}: {e}", path.display())))?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+fn check_roots_apart(local: &Path, remote: &Path) -> Result<(), Failure> {
+    if local == remote {
+        return Err(Failure::error(format!(
+            "{} and {} are the same directory; give two different roots",
+            local.display(),
+            remote.display()
+        )));
+    }
+    for (inner, outer) in [(local, remote), (remote, local)] {
+        if inner.starts_with(outer) {
+            return Err(Failure::error(format!(
+                "{} is inside {}; a root cannot hold the other (it would sync into itself)",
+                inner.display(),
+                outer.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn valid_session_name(name: &str) -> Result<String, Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(Failure::usage(format!(
+            "invalid session name `{name}`: use letters, digits, `-`, `_` and `.` (not first), at most 100"
+        )))
+    }
+}
+
+/// `push-<12 hex digits>`: a hash of both roots, so the same pair and
+/// direction always finds its snapshots again.
+fn default_session_name(direction: Direction, local: &Path, remote: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(local.as_os_str().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(remote.as_os_str().as_bytes());
+    let hex: String = hasher.finalize().as_bytes()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{hex}", direction.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs_are_recognised_like_rsync() {
+        assert!(looks_remote("host:/srv"));
+        assert!(looks_remote("user@host:dir"));
+        assert!(!looks_remote("./a:b"));
+        assert!(!looks_remote("/tmp/a:b"));
+        assert!(!looks_remote("plain"));
+    }
+
+    #[test]
+    fn version_names_the_protocol() {
+        assert!(args::VERSION.contains(&format!("protocol {}", snapsync::PROTOCOL_VERSION)));
+    }
+
+    #[test]
+    fn session_names_are_checked() {
+        assert!(valid_session_name("site-1.backup").is_ok());
+        assert!(valid_session_name("../x").is_err());
+        assert!(valid_session_name("").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! snapsync: snapshot-based synchronization of directory trees.
+//!
+//! Data flows one way: [`scan`] → [`changes`] (change set) → [`reconcile`]
+//! ([`plan`]) → [`apply`] through an [`endpoint`] → [`state`] (snapshot
+//! commit). [`session`] drives one run. The library knows nothing of the
+//! terminal: the binary (`src/main.rs`, `src/cli/`) parses arguments, prints
+//! and chooses exit codes.
+
+pub mod apply;
+pub mod changes;
+pub mod endpoint;
+pub mod filter;
+pub mod model;
+pub mod plan;
+pub mod reconcile;
+pub mod scan;
+pub mod session;
+pub mod state;
+
+/// Version of the wire protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

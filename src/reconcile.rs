@@ -1,0 +1,679 @@
+//! Reconciliation: from the two sides' change sets to a [`Plan`]. Pure.
+//!
+//! For a replica (push or pull) the target must end equal to the source for
+//! every path either side changed: the desired state of a path is the
+//! source's, the actual state the target's. Renames the source made are
+//! replayed as renames when the target still holds what was renamed; content
+//! the target already holds is moved or copied there instead of being sent.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::changes::ChangeSet;
+use crate::model::{Difference, Entry, Hash, Kind, Preserve, RelPath};
+use crate::plan::{Item, Op, Plan};
+use crate::state::SnapshotUpdate;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicaOptions {
+    pub no_delete: bool,
+    /// Never replace a target file whose mtime is newer than the source's.
+    pub newer: bool,
+    pub preserve: Preserve,
+}
+
+/// What the planner knows of both roots.
+pub struct ReplicaInput<'a> {
+    pub source: &'a ChangeSet,
+    pub target: &'a ChangeSet,
+    /// The source's current entries for paths outside its change set
+    /// (absent key: no such path).
+    pub source_now: &'a HashMap<RelPath, Entry>,
+    pub target_now: &'a HashMap<RelPath, Entry>,
+    /// Target paths that hold a given content, as the target knows it.
+    pub target_content: &'a HashMap<Hash, Vec<RelPath>>,
+}
+
+/// Paths whose current state the planner needs from each side, besides
+/// their change sets: every changed path and its parent directories.
+pub fn paths_to_look_up(source: &ChangeSet, target: &ChangeSet) -> Vec<RelPath> {
+    let mut paths = BTreeSet::new();
+    for change in source.changes.iter().chain(&target.changes) {
+        let mut path = Some(change.path.clone());
+        while let Some(p) = path {
+            if p.is_root() || !paths.insert(p.clone()) {
+                break;
+            }
+            path = p.parent();
+        }
+    }
+    paths.into_iter().collect()
+}
+
+/// Content hashes of the files the source created or changed: the target is
+/// asked where it already holds them.
+pub fn hashes_wanted(source: &ChangeSet) -> Vec<Hash> {
+    let mut hashes: Vec<Hash> = source
+        .changes
+        .iter()
+        .filter_map(|c| c.after.as_ref())
+        .filter(|e| e.kind == Kind::File)
+        .filter_map(|e| e.hash)
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+enum Decision {
+    Same,
+    Keep,
+    Delete(Entry),
+    Create(Entry),
+    Replace { old: Entry, new: Entry },
+    Update(Entry),
+    Meta(Entry),
+}
+
+/// Plans a push or pull.
+pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
+    let desired = |path: &RelPath| -> Option<Entry> {
+        match input.source.get(path) {
+            Some(change) => change.after.clone(),
+            None => input.source_now.get(path).cloned(),
+        }
+    };
+    let mut affected: BTreeSet<RelPath> = input
+        .source
+        .changes
+        .iter()
+        .chain(&input.target.changes)
+        .map(|c| c.path.clone())
+        .collect();
+    // What the target holds, path by path, as the plan's renames change it.
+    let mut actual: HashMap<RelPath, Option<Entry>> = affected
+        .iter()
+        .map(|path| {
+            let now = match input.target.get(path) {
+                Some(change) => change.after.clone(),
+                None => input.target_now.get(path).cloned(),
+            };
+            (path.clone(), now)
+        })
+        .collect();
+    let mut items = Vec::new();
+    let mut moves: Vec<(RelPath, RelPath)> = Vec::new();
+
+    for rename in &input.source.renames {
+        let from = translate(&rename.from, &moves);
+        let Some(Some(there)) = actual.get(&from) else {
+            continue;
+        };
+        let Some(wanted) = desired(&rename.to) else {
+            continue;
+        };
+        let fits = there.kind == rename.kind
+            && wanted.kind == rename.kind
+            && (rename.kind != Kind::File
+                || wanted.compare(there, options.preserve) != Difference::Content)
+            && matches!(actual.get(&rename.to), None | Some(None))
+            && !rename.to.starts_with(&from)
+            && !from.is_root();
+        if !fits {
+            continue;
+        }
+        let moved: Vec<RelPath> = actual
+            .keys()
+            .filter(|p| p.starts_with(&from))
+            .cloned()
+            .collect();
+        for path in moved {
+            let entry = actual.insert(path.clone(), None).flatten();
+            let new_path = path.rebase(&from, &rename.to).expect("under from");
+            let entry = entry.map(|mut e| {
+                e.path = new_path.clone();
+                e
+            });
+            affected.insert(new_path.clone());
+            actual.insert(new_path, entry);
+        }
+        items.push(Item {
+            path: rename.to.clone(),
+            op: Op::Rename {
+                from: from.clone(),
+                to: rename.to.clone(),
+            },
+            replaces: false,
+            source_update: None,
+            target_update: None,
+        });
+        moves.push((from, rename.to.clone()));
+    }
+
+    let mut ordered: Vec<RelPath> = affected.into_iter().collect();
+    ordered.sort_by(|a, b| a.cmp_tree(b));
+    let mut decisions: Vec<(RelPath, Decision)> = Vec::with_capacity(ordered.len());
+    for path in ordered {
+        let want = desired(&path);
+        let have = actual.get(&path).cloned().flatten();
+        let decision = match (want, have) {
+            (None, None) => Decision::Same,
+            (None, Some(have)) if options.no_delete => {
+                let _ = have;
+                Decision::Keep
+            }
+            (None, Some(have)) => Decision::Delete(have),
+            (Some(want), None) => Decision::Create(want),
+            (Some(want), Some(have)) => match want.compare(&have, options.preserve) {
+                Difference::Same => Decision::Same,
+                _ if options.newer
+                    && want.kind == Kind::File
+                    && have.kind == Kind::File
+                    && have.mtime > want.mtime =>
+                {
+                    Decision::Keep
+                }
+                Difference::Metadata => Decision::Meta(want),
+                Difference::Content => Decision::Update(want),
+                Difference::Kind => Decision::Replace {
+                    old: have,
+                    new: want,
+                },
+            },
+        };
+        decisions.push((path, decision));
+    }
+
+    // Content the target holds that a new or changed file can reuse: a path
+    // about to be deleted is moved instead; a path left as it is, copied.
+    let deleting: HashSet<RelPath> = decisions
+        .iter()
+        .filter_map(|(path, d)| match d {
+            Decision::Delete(e) if e.kind == Kind::File => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    let busy: HashSet<RelPath> = decisions
+        .iter()
+        .filter(|(_, d)| !matches!(d, Decision::Same))
+        .map(|(path, _)| path.clone())
+        .collect();
+    let mut consumed: HashSet<RelPath> = HashSet::new();
+    let mut content_source = |entry: &Entry, here_is_dir: bool| -> Option<(RelPath, bool)> {
+        let hash = entry.hash?;
+        let candidates = input.target_content.get(&hash)?;
+        let candidates: Vec<RelPath> = candidates
+            .iter()
+            .map(|c| translate(c, &moves))
+            .filter(|c| c != &entry.path)
+            .collect();
+        if !here_is_dir {
+            if let Some(c) = candidates
+                .iter()
+                .find(|c| deleting.contains(*c) && !consumed.contains(*c))
+            {
+                consumed.insert(c.clone());
+                return Some((c.clone(), true));
+            }
+        }
+        candidates
+            .into_iter()
+            .find(|c| !busy.contains(c) && !moves.iter().any(|(from, _)| c.starts_with(from)))
+            .map(|c| (c, false))
+    };
+
+    let mut file_ops: Vec<(RelPath, Op, bool)> = Vec::new();
+    let mut plain: Vec<(RelPath, Decision)> = Vec::new();
+    for (path, decision) in decisions {
+        let (entry, replaces, old_is_dir) = match &decision {
+            Decision::Create(e) => (e, false, false),
+            Decision::Update(e) => (e, true, false),
+            Decision::Replace { old, new } => (new, true, old.kind == Kind::Dir),
+            _ => {
+                plain.push((path, decision));
+                continue;
+            }
+        };
+        if entry.kind != Kind::File {
+            plain.push((path, decision));
+            continue;
+        }
+        let op = match content_source(entry, old_is_dir) {
+            Some((from, true)) => Op::RenameContent {
+                from,
+                entry: entry.clone(),
+            },
+            Some((from, false)) => Op::LocalCopy {
+                from,
+                entry: entry.clone(),
+            },
+            None => Op::Transfer {
+                entry: entry.clone(),
+            },
+        };
+        if let Decision::Replace { old, .. } = &decision {
+            // A file is renamed over a file or link; a directory must go first.
+            if old.kind == Kind::Dir {
+                plain.push((path.clone(), Decision::Delete(old.clone())));
+            }
+        }
+        file_ops.push((path, op, replaces));
+    }
+
+    let source_update = |path: &RelPath| -> Option<SnapshotUpdate> {
+        input.source.get(path).map(|change| match &change.after {
+            Some(after) => SnapshotUpdate::Upsert(after.clone()),
+            None => SnapshotUpdate::Remove(path.clone()),
+        })
+    };
+    let target_now_update = |path: &RelPath, have: Option<Entry>| -> Option<SnapshotUpdate> {
+        Some(match have {
+            Some(entry) => SnapshotUpdate::Upsert(entry),
+            None => SnapshotUpdate::Remove(path.clone()),
+        })
+    };
+
+    for (path, decision) in plain {
+        let have = actual.get(&path).cloned().flatten();
+        let item = |op: Op, replaces: bool, source_update, target_update| Item {
+            path: path.clone(),
+            op,
+            replaces,
+            source_update,
+            target_update,
+        };
+        match decision {
+            Decision::Same => {
+                items.push(item(
+                    Op::Record,
+                    false,
+                    source_update(&path),
+                    target_now_update(&path, have),
+                ));
+            }
+            Decision::Keep => {
+                items.push(item(
+                    Op::Keep,
+                    false,
+                    source_update(&path),
+                    target_now_update(&path, have),
+                ));
+            }
+            Decision::Delete(entry) if consumed.contains(&path) => {
+                let _ = entry;
+                // Its content moves to where it is wanted.
+                items.push(item(Op::Record, false, source_update(&path), None));
+            }
+            Decision::Delete(entry) => {
+                // The source's row settles with the delete unless a new
+                // entry replaces the path (then that item settles it).
+                let replaced = desired(&path).is_some();
+                let update = if replaced { None } else { source_update(&path) };
+                items.push(item(Op::Delete { entry }, true, update, None));
+            }
+            Decision::Create(entry) | Decision::Replace { new: entry, .. } => {
+                let replaces = have.is_some();
+                if let Some(old) =
+                    have.filter(|old| old.kind == Kind::Dir || entry.kind == Kind::Dir)
+                {
+                    items.push(item(Op::Delete { entry: old }, true, None, None));
+                }
+                let op = match entry.kind {
+                    Kind::Dir => Op::Mkdir { entry },
+                    _ => Op::Symlink { entry },
+                };
+                items.push(item(op, replaces, source_update(&path), None));
+            }
+            Decision::Update(entry) => {
+                // Symlink with another target.
+                items.push(item(
+                    Op::Symlink { entry },
+                    true,
+                    source_update(&path),
+                    None,
+                ));
+            }
+            Decision::Meta(entry) => {
+                items.push(item(
+                    Op::SetMeta {
+                        entry,
+                        restore: false,
+                    },
+                    true,
+                    source_update(&path),
+                    None,
+                ));
+            }
+        }
+    }
+    for (path, op, replaces) in file_ops {
+        let update = source_update(&path);
+        items.push(Item {
+            path,
+            op,
+            replaces,
+            source_update: update,
+            target_update: None,
+        });
+    }
+
+    restore_touched_directories(&mut items, &desired);
+    Plan { items }
+}
+
+/// Every directory whose listing the plan changes gets its times put back
+/// to the source's afterwards (writing into a directory changes its mtime).
+fn restore_touched_directories(items: &mut Vec<Item>, desired: &dyn Fn(&RelPath) -> Option<Entry>) {
+    let mut touched: BTreeSet<RelPath> = BTreeSet::new();
+    let mut note = |path: &RelPath| {
+        if let Some(parent) = path.parent() {
+            if !parent.is_root() {
+                touched.insert(parent);
+            }
+        }
+    };
+    for item in items.iter() {
+        match &item.op {
+            Op::Rename { from, to } => {
+                note(from);
+                note(to);
+            }
+            Op::RenameContent { from, entry } => {
+                note(from);
+                note(&entry.path);
+            }
+            Op::Delete { entry }
+            | Op::Mkdir { entry }
+            | Op::Transfer { entry }
+            | Op::LocalCopy { entry, .. }
+            | Op::Symlink { entry } => note(&entry.path),
+            Op::SetMeta { .. } | Op::Record | Op::Keep => {}
+        }
+    }
+    let mut index: HashMap<RelPath, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if matches!(item.op, Op::Record | Op::Mkdir { .. } | Op::SetMeta { .. }) {
+            index.insert(item.path.clone(), i);
+        }
+    }
+    for dir in touched {
+        let Some(entry) = desired(&dir).filter(|e| e.kind == Kind::Dir) else {
+            continue;
+        };
+        match index.get(&dir) {
+            Some(&i) if items[i].op == Op::Record => {
+                items[i].op = Op::SetMeta {
+                    entry,
+                    restore: true,
+                };
+                items[i].target_update = None;
+            }
+            Some(_) => {}
+            None => items.push(Item {
+                path: dir,
+                op: Op::SetMeta {
+                    entry,
+                    restore: true,
+                },
+                replaces: true,
+                source_update: None,
+                target_update: None,
+            }),
+        }
+    }
+}
+
+/// Where `path` is after the renames so far.
+fn translate(path: &RelPath, moves: &[(RelPath, RelPath)]) -> RelPath {
+    let mut path = path.clone();
+    for (from, to) in moves {
+        if let Some(moved) = path.rebase(from, to) {
+            path = moved;
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::{detect_renames, diff, Change, DiffOptions};
+    use crate::model::Mtime;
+
+    fn file(path: &str, content: u8, ino: u64) -> Entry {
+        Entry {
+            path: RelPath::new(path.as_bytes()).unwrap(),
+            kind: Kind::File,
+            size: 10,
+            mtime: Mtime {
+                sec: 1000 + content as i64,
+                nsec: 5,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            dev: 1,
+            ino,
+            hash: Some([content; 32]),
+            link_target: None,
+            xattr_hash: None,
+        }
+    }
+
+    fn dir(path: &str, ino: u64) -> Entry {
+        Entry {
+            kind: Kind::Dir,
+            size: 0,
+            hash: None,
+            mode: 0o755,
+            mtime: Mtime { sec: 50, nsec: 0 },
+            ..file(path, 0, ino)
+        }
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes()).unwrap()
+    }
+
+    /// A side: its snapshot and its tree now.
+    fn side(snapshot: Vec<Entry>, now: Vec<Entry>) -> (ChangeSet, HashMap<RelPath, Entry>) {
+        let mut snapshot = snapshot;
+        let mut now = now;
+        snapshot.sort_by(|a, b| a.path.cmp(&b.path));
+        now.sort_by(|a, b| a.path.cmp(&b.path));
+        let (mut set, current) = diff(snapshot, now, vec![], &DiffOptions::default());
+        detect_renames(&mut set);
+        let map = current.into_iter().map(|e| (e.path.clone(), e)).collect();
+        (set, map)
+    }
+
+    fn plan(
+        source: (ChangeSet, HashMap<RelPath, Entry>),
+        target: (ChangeSet, HashMap<RelPath, Entry>),
+        options: ReplicaOptions,
+    ) -> Vec<String> {
+        let mut content: HashMap<Hash, Vec<RelPath>> = HashMap::new();
+        for entry in target.1.values() {
+            if let Some(hash) = entry.hash {
+                content.entry(hash).or_default().push(entry.path.clone());
+            }
+        }
+        let input = ReplicaInput {
+            source: &source.0,
+            target: &target.0,
+            source_now: &source.1,
+            target_now: &target.1,
+            target_content: &content,
+        };
+        let plan = plan_replica(&input, &options);
+        let mut lines: Vec<String> = plan
+            .items
+            .iter()
+            .filter(|i| !matches!(i.op, Op::Record))
+            .map(|i| {
+                i.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn nothing_changed_plans_nothing() {
+        let tree = vec![dir("d", 1), file("d/a", 1, 2)];
+        let lines = plan(
+            side(tree.clone(), tree.clone()),
+            side(tree.clone(), tree),
+            ReplicaOptions::default(),
+        );
+        assert!(lines.is_empty(), "{lines:?}");
+    }
+
+    #[test]
+    fn new_modified_and_deleted_files() {
+        let base = vec![file("keep", 1, 1), file("gone", 2, 2), file("mod", 3, 3)];
+        let now = vec![file("keep", 1, 1), file("mod", 4, 3), file("new", 5, 4)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["create new", "delete gone", "update mod"]);
+    }
+
+    #[test]
+    fn directory_rename_is_replayed_as_one_rename() {
+        let base = vec![dir("d", 1), file("d/a", 1, 2), file("d/b", 2, 3)];
+        let now = vec![dir("e", 1), file("e/a", 1, 2), file("e/b", 2, 3)];
+        let target = vec![dir("d", 11), file("d/a", 1, 12), file("d/b", 2, 13)];
+        let lines = plan(
+            side(base, now),
+            side(target.clone(), target),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["rename d -> e"]);
+    }
+
+    #[test]
+    fn copied_file_is_copied_on_the_target_not_sent() {
+        let base = vec![file("a", 1, 1)];
+        let now = vec![file("a", 1, 1), file("b", 1, 2)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["copy a -> b"]);
+    }
+
+    #[test]
+    fn target_drift_is_repaired_from_the_source() {
+        let base = vec![file("a", 1, 1), file("b", 2, 2)];
+        let drifted = vec![file("a", 9, 1), file("extra", 3, 3)];
+        let lines = plan(
+            side(base.clone(), base.clone()),
+            side(base, drifted),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["create b", "delete extra", "update a"]);
+    }
+
+    #[test]
+    fn no_delete_keeps_target_paths() {
+        let base = vec![file("a", 1, 1)];
+        let lines = plan(
+            side(base.clone(), vec![]),
+            side(base.clone(), base),
+            ReplicaOptions {
+                no_delete: true,
+                ..ReplicaOptions::default()
+            },
+        );
+        assert_eq!(lines, vec!["keep a"]);
+    }
+
+    #[test]
+    fn newer_keeps_a_newer_target_file() {
+        let base = vec![file("a", 1, 1)];
+        let source_now = vec![file("a", 2, 1)];
+        let target_now = vec![file("a", 3, 1)];
+        let lines = plan(
+            side(base.clone(), source_now),
+            side(base, target_now),
+            ReplicaOptions {
+                newer: true,
+                ..ReplicaOptions::default()
+            },
+        );
+        assert_eq!(lines, vec!["keep a"]);
+    }
+
+    #[test]
+    fn file_becoming_directory_is_deleted_then_created() {
+        let base = vec![file("x", 1, 1)];
+        let now = vec![dir("x", 2), file("x/in", 2, 3)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["create x/in", "delete x", "mkdir x/"]);
+    }
+
+    #[test]
+    fn rename_over_deleted_content_moves_it() {
+        // Renamed with a new inode (e.g. copied then deleted): matched by hash.
+        let base = vec![file("old", 7, 1)];
+        let now = vec![file("new", 7, 99)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["rename old -> new"]);
+    }
+
+    #[test]
+    fn writing_into_a_directory_restores_its_times() {
+        let base = vec![dir("d", 1), file("d/a", 1, 2)];
+        let mut now = vec![dir("d", 1), file("d/a", 2, 2)];
+        now[1].size = 11;
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["meta d/", "update d/a"]);
+    }
+
+    #[test]
+    fn change_without_hash_is_compared_by_size_and_mtime() {
+        let mut a = file("a", 1, 1);
+        a.hash = None;
+        let change = Change {
+            path: p("a"),
+            before: None,
+            after: Some(a.clone()),
+        };
+        let source = ChangeSet {
+            changes: vec![change.clone()],
+            ..ChangeSet::default()
+        };
+        let target = ChangeSet {
+            changes: vec![change],
+            ..ChangeSet::default()
+        };
+        let empty = HashMap::new();
+        let input = ReplicaInput {
+            source: &source,
+            target: &target,
+            source_now: &empty,
+            target_now: &empty,
+            target_content: &HashMap::new(),
+        };
+        let plan = plan_replica(&input, &ReplicaOptions::default());
+        assert!(plan.touches_nothing());
+    }
+}

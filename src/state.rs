@@ -1,0 +1,640 @@
+//! What an endpoint remembers between runs, in its state directory
+//! (`ROOT/.snapsync/` unless `--state-dir`): the root id, one SQLite database
+//! per session (snapshot rows, per-path errors, run history, session facts)
+//! and one lock file per session.
+//!
+//! A corrupt or unreadable database is an error that says so; it is never
+//! silently replaced. Only `-x` (reset) moves it aside and starts afresh.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::model::{Entry, Hash, Kind, Mtime, RelPath};
+
+/// Schema version kept in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path} is unreadable or corrupt ({detail}); nothing was changed. Run again with -x (--reset) to rebuild this session's snapshot from both trees")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("state database {path} was written by a newer snapsync (schema {found}, this binary knows {known}); upgrade snapsync, or run with -x to rebuild the snapshot")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("session `{session}` is already running (process {pid}, lock {path}); wait for it to finish or stop it")]
+    Locked {
+        session: String,
+        pid: String,
+        path: PathBuf,
+    },
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("root id file {path} is damaged ({detail}); restore it or remove it together with the state directory's databases and run with -x")]
+    BadRootId { path: PathBuf, detail: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads the root's stable id from `STATE/id`, creating it when missing.
+pub fn root_id(state_dir: &Path) -> Result<String, StateError> {
+    fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+    let path = state_dir.join("id");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(id.to_string())
+            } else {
+                Err(StateError::BadRootId {
+                    path,
+                    detail: "expected 32 hex digits".into(),
+                })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id: String = (0..16)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
+            let tmp = state_dir.join(format!(".id.{}", std::process::id()));
+            fs::write(&tmp, format!("{id}\n")).map_err(io_err(&tmp))?;
+            // Two processes racing to create the id must agree on one.
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&tmp);
+                    Ok(id)
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&tmp);
+                    root_id(state_dir)
+                }
+            }
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// An exclusive hold on one session in one state directory, released when
+/// dropped or when the process dies (it is an `flock`).
+pub struct SessionLock {
+    _file: File,
+}
+
+impl SessionLock {
+    pub fn acquire(state_dir: &Path, session: &str) -> Result<Self, StateError> {
+        fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        let path = state_dir.join(format!("{session}.lock"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(StateError::Locked {
+                session: session.to_string(),
+                pid: pid.trim().to_string(),
+                path,
+            });
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        file.rewind().map_err(io_err(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+        Ok(SessionLock { _file: file })
+    }
+}
+
+/// A change to one snapshot row, written in batches after the operation it
+/// records has succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotUpdate {
+    Upsert(Entry),
+    /// Removes the row and every row below it.
+    Remove(RelPath),
+    /// Moves the row and every row below it.
+    Move {
+        from: RelPath,
+        to: RelPath,
+    },
+}
+
+/// One session's database on one endpoint.
+pub struct SessionDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What a session records about itself on each side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    pub direction: Option<String>,
+    pub peer_root_id: Option<String>,
+    /// Set once a run has completed on this side.
+    pub established: bool,
+    pub filters: Option<String>,
+}
+
+impl SessionDb {
+    pub fn path_for(state_dir: &Path, session: &str) -> PathBuf {
+        state_dir.join(format!("{session}.db"))
+    }
+
+    /// Opens (or creates) the session database. With `reset`, an existing
+    /// database is moved aside first, so a corrupt one is kept for inspection.
+    pub fn open(state_dir: &Path, session: &str, reset: bool) -> Result<Self, StateError> {
+        fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+        let path = Self::path_for(state_dir, session);
+        if reset && path.exists() {
+            let aside = state_dir.join(format!(
+                "{session}.db.reset-{}",
+                chrono_like_now().replace(':', "")
+            ));
+            fs::rename(&path, &aside).map_err(io_err(&path))?;
+            for suffix in ["-wal", "-shm"] {
+                let _ = fs::remove_file(state_dir.join(format!("{session}.db{suffix}")));
+            }
+        }
+        let corrupt = |e: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let existed = path.exists();
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .map_err(corrupt)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(corrupt)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(corrupt)?;
+        if version == 0 {
+            if existed {
+                let tables: i64 = conn
+                    .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+                    .map_err(corrupt)?;
+                if tables > 0 {
+                    return Err(StateError::Corrupt {
+                        path,
+                        detail: "it has tables but no schema version".into(),
+                    });
+                }
+            }
+            conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        } else {
+            // Touch every table once so a damaged file fails here, before any
+            // run has changed anything.
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM meta), (SELECT count(*) FROM runs)",
+                [],
+                |_| Ok(()),
+            )
+            .map_err(corrupt)?;
+        }
+        Ok(SessionDb { conn, path })
+    }
+
+    fn corrupt(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |e| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub fn facts(&self) -> Result<SessionFacts, StateError> {
+        let get = |key: &str| -> Result<Option<String>, StateError> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(self.corrupt())
+        };
+        Ok(SessionFacts {
+            direction: get("direction")?,
+            peer_root_id: get("peer_root_id")?,
+            established: get("established")?.as_deref() == Some("1"),
+            filters: get("filters")?,
+        })
+    }
+
+    pub fn set_fact(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(self.corrupt())?;
+        Ok(())
+    }
+
+    /// Every snapshot row, in byte order of path.
+    pub fn load_entries(&self) -> Result<Vec<Entry>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
+                        hash, link_target, xattr_hash
+                 FROM entries ORDER BY path",
+            )
+            .map_err(self.corrupt())?;
+        let rows = stmt
+            .query_map([], |row| {
+                let path: Vec<u8> = row.get(0)?;
+                let kind: i64 = row.get(1)?;
+                let hash: Option<Vec<u8>> = row.get(10)?;
+                let xattr_hash: Option<Vec<u8>> = row.get(12)?;
+                Ok((
+                    path,
+                    kind,
+                    RawEntry {
+                        size: row.get::<_, i64>(2)? as u64,
+                        sec: row.get(3)?,
+                        nsec: row.get::<_, i64>(4)? as u32,
+                        mode: row.get::<_, i64>(5)? as u32,
+                        uid: row.get::<_, i64>(6)? as u32,
+                        gid: row.get::<_, i64>(7)? as u32,
+                        dev: row.get::<_, i64>(8)? as u64,
+                        ino: row.get::<_, i64>(9)? as u64,
+                        hash,
+                        link_target: row.get(11)?,
+                        xattr_hash,
+                    },
+                ))
+            })
+            .map_err(self.corrupt())?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (path, kind, raw) = row.map_err(self.corrupt())?;
+            let bad = |what: &str| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("snapshot row has {what}"),
+            };
+            let path = RelPath::new(&path).map_err(|e| bad(&e.to_string()))?;
+            let kind = Kind::from_code(kind).ok_or_else(|| bad("an unknown kind"))?;
+            entries.push(Entry {
+                path,
+                kind,
+                size: raw.size,
+                mtime: Mtime {
+                    sec: raw.sec,
+                    nsec: raw.nsec,
+                },
+                mode: raw.mode,
+                uid: raw.uid,
+                gid: raw.gid,
+                dev: raw.dev,
+                ino: raw.ino,
+                hash: to_hash(raw.hash).map_err(|_| bad("a malformed hash"))?,
+                link_target: raw.link_target,
+                xattr_hash: to_hash(raw.xattr_hash).map_err(|_| bad("a malformed hash"))?,
+            });
+        }
+        Ok(entries)
+    }
+
+    pub fn entry_count(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row("SELECT count(*) FROM entries", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.corrupt())
+    }
+
+    /// Writes a batch of updates in one transaction.
+    pub fn apply_updates(&mut self, updates: &[SnapshotUpdate]) -> Result<(), StateError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let corrupt = move |e: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(&corrupt)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO entries(path, kind, size, mtime_sec, mtime_nsec,
+                        mode, uid, gid, dev, ino, hash, link_target, xattr_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )
+                .map_err(&corrupt)?;
+            let mut remove = tx
+                .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path > ?2 AND path < ?3)")
+                .map_err(&corrupt)?;
+            let mut errors_clear = tx
+                .prepare_cached("DELETE FROM errors WHERE path = ?1")
+                .map_err(&corrupt)?;
+            for update in updates {
+                match update {
+                    SnapshotUpdate::Upsert(e) => {
+                        upsert
+                            .execute(params![
+                                e.path.as_bytes(),
+                                e.kind.code(),
+                                e.size as i64,
+                                e.mtime.sec,
+                                e.mtime.nsec as i64,
+                                e.mode as i64,
+                                e.uid as i64,
+                                e.gid as i64,
+                                e.dev as i64,
+                                e.ino as i64,
+                                e.hash.as_ref().map(|h| &h[..]),
+                                e.link_target.as_deref(),
+                                e.xattr_hash.as_ref().map(|h| &h[..]),
+                            ])
+                            .map_err(&corrupt)?;
+                        errors_clear
+                            .execute([e.path.as_bytes()])
+                            .map_err(&corrupt)?;
+                    }
+                    SnapshotUpdate::Remove(path) => {
+                        let (lo, hi) = subtree_bounds(path);
+                        remove
+                            .execute(params![path.as_bytes(), lo, hi])
+                            .map_err(&corrupt)?;
+                        errors_clear.execute([path.as_bytes()]).map_err(&corrupt)?;
+                    }
+                    SnapshotUpdate::Move { from, to } => {
+                        let (lo, hi) = subtree_bounds(from);
+                        let cut = from.as_bytes().len() as i64 + 1;
+                        // Remove whatever the destination held, then move.
+                        let (to_lo, to_hi) = subtree_bounds(to);
+                        remove
+                            .execute(params![to.as_bytes(), to_lo, to_hi])
+                            .map_err(&corrupt)?;
+                        tx.execute(
+                            "UPDATE entries SET path = ?1 WHERE path = ?2",
+                            params![to.as_bytes(), from.as_bytes()],
+                        )
+                        .map_err(&corrupt)?;
+                        tx.execute(
+                            "UPDATE entries SET path = CAST(?1 || substr(path, ?2) AS BLOB)
+                             WHERE path > ?3 AND path < ?4",
+                            params![to.as_bytes(), cut, lo, hi],
+                        )
+                        .map_err(&corrupt)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(&corrupt)?;
+        Ok(())
+    }
+
+    /// Records that `path` failed, with the OS message; retried next run.
+    pub fn record_errors(&mut self, failures: &[(RelPath, String)]) -> Result<(), StateError> {
+        let now = chrono_like_now();
+        let path = self.path.clone();
+        let corrupt = move |e: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(&corrupt)?;
+        for (path, message) in failures {
+            tx.execute(
+                "INSERT INTO errors(path, message, first_seen, last_seen, attempts)
+                 VALUES (?1, ?2, ?3, ?3, 1)
+                 ON CONFLICT(path) DO UPDATE SET message = excluded.message,
+                    last_seen = excluded.last_seen, attempts = attempts + 1",
+                params![path.as_bytes(), message, now],
+            )
+            .map_err(&corrupt)?;
+        }
+        tx.commit().map_err(&corrupt)?;
+        Ok(())
+    }
+
+    pub fn record_run(&self, started: &str, result: &str, summary: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs(started, finished, result, summary) VALUES (?1, ?2, ?3, ?4)",
+                params![started, chrono_like_now(), result, summary],
+            )
+            .map_err(self.corrupt())?;
+        Ok(())
+    }
+}
+
+struct RawEntry {
+    size: u64,
+    sec: i64,
+    nsec: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    dev: u64,
+    ino: u64,
+    hash: Option<Vec<u8>>,
+    link_target: Option<Vec<u8>>,
+    xattr_hash: Option<Vec<u8>>,
+}
+
+fn to_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash>, ()> {
+    match bytes {
+        None => Ok(None),
+        Some(b) => b.try_into().map(Some).map_err(|_| ()),
+    }
+}
+
+/// The byte range holding everything strictly below `path`: `path/` up to
+/// `path0` (`0` is the byte after `/`).
+fn subtree_bounds(path: &RelPath) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = path.as_bytes().to_vec();
+    let mut hi = lo.clone();
+    lo.push(b'/');
+    hi.push(b'/' + 1);
+    (lo, hi)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries(
+    path BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_sec INTEGER NOT NULL,
+    mtime_nsec INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    hash BLOB,
+    link_target BLOB,
+    xattr_hash BLOB
+) WITHOUT ROWID;
+CREATE TABLE errors(
+    path BLOB PRIMARY KEY,
+    message TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    attempts INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE runs(
+    id INTEGER PRIMARY KEY,
+    started TEXT NOT NULL,
+    finished TEXT NOT NULL,
+    result TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+/// The current time as an RFC 3339 UTC string, second precision.
+pub fn chrono_like_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    format_utc(now)
+}
+
+/// Formats Unix seconds as `YYYY-mm-ddTHH:MM:SSZ` (civil-from-days algorithm).
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: RelPath::new(path.as_bytes()).unwrap(),
+            kind: Kind::File,
+            size: 3,
+            mtime: Mtime { sec: 5, nsec: 7 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            dev: 1,
+            ino: u64::MAX,
+            hash: Some([9; 32]),
+            link_target: None,
+            xattr_hash: None,
+        }
+    }
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn rows_round_trip_and_move_with_their_subtree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = SessionDb::open(dir.path(), "s", false).unwrap();
+        db.apply_updates(&[
+            SnapshotUpdate::Upsert(entry("a")),
+            SnapshotUpdate::Upsert(entry("a/x")),
+            SnapshotUpdate::Upsert(entry("a/y/z")),
+            SnapshotUpdate::Upsert(entry("a.txt")),
+            SnapshotUpdate::Upsert(entry("ab")),
+        ])
+        .unwrap();
+        db.apply_updates(&[SnapshotUpdate::Move {
+            from: RelPath::new(b"a").unwrap(),
+            to: RelPath::new(b"b/c").unwrap(),
+        }])
+        .unwrap();
+        let paths: Vec<String> = db
+            .load_entries()
+            .unwrap()
+            .iter()
+            .map(|e| e.path.to_string())
+            .collect();
+        assert_eq!(paths, ["a.txt", "ab", "b/c", "b/c/x", "b/c/y/z"]);
+        assert_eq!(db.load_entries().unwrap()[2], {
+            let mut e = entry("b/c");
+            e.path = RelPath::new(b"b/c").unwrap();
+            e
+        });
+        db.apply_updates(&[SnapshotUpdate::Remove(RelPath::new(b"b").unwrap())])
+            .unwrap();
+        assert_eq!(db.entry_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn garbage_database_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SessionDb::path_for(dir.path(), "s");
+        fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = SessionDb::open(dir.path(), "s", false).err().unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), vec![0x42u8; 8192]);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SessionDb::path_for(dir.path(), "s");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE meta(k); PRAGMA user_version = 99;")
+            .unwrap();
+        drop(conn);
+        let err = SessionDb::open(dir.path(), "s", false).err().unwrap();
+        assert!(
+            matches!(err, StateError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SessionLock::acquire(dir.path(), "s").unwrap();
+        let err = SessionLock::acquire(dir.path(), "s").err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+    }
+}
