@@ -291,11 +291,15 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
                 ));
             }
             Decision::Keep => {
+                // The target's row is dropped, so the kept difference shows
+                // as a target change next run and is judged again (a run
+                // without --newer / --no-delete then settles it).
+                let _ = have;
                 items.push(item(
                     Op::Keep,
                     false,
                     source_update(&path),
-                    target_now_update(&path, have),
+                    Some(SnapshotUpdate::Remove(path.clone())),
                 ));
             }
             Decision::Delete(entry) if consumed.contains(&path) => {

@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use rayon::prelude::*;
@@ -16,7 +17,7 @@ use crate::changes::{detect_renames, diff, sizes_worth_hashing, ChangeSet, DiffO
 use crate::filter::STATE_DIR_NAME;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
-use crate::scan::{hash_file, read_xattrs, scan_root, ScanOptions};
+use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions};
 use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate};
 
 pub struct LocalEndpoint {
@@ -27,6 +28,8 @@ pub struct LocalEndpoint {
     /// The tree as scanned, with known hashes.
     current: RwLock<HashMap<RelPath, Entry>>,
     content: OnceLock<HashMap<Hash, Vec<RelPath>>>,
+    /// `--links follow`: files are read, and re-checked, through links.
+    follow_links: AtomicBool,
 }
 
 struct OpenSession {
@@ -52,6 +55,7 @@ impl LocalEndpoint {
             session: Mutex::new(None),
             current: RwLock::new(HashMap::new()),
             content: OnceLock::new(),
+            follow_links: AtomicBool::new(false),
         }
     }
 
@@ -187,6 +191,8 @@ impl Endpoint for LocalEndpoint {
         })?;
         let snapshot = snapshot?;
         let mut options = options.clone();
+        self.follow_links
+            .store(options.links == LinkMode::Follow, Ordering::Relaxed);
         if let Some(inside) = self.state_dir_inside_root() {
             options.filters.exclude_fixed(inside);
         }
@@ -285,7 +291,12 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn unchanged_since_scan(&self, entry: &Entry) -> io::Result<bool> {
-        let meta = fs::symlink_metadata(entry.path.under(&self.root))?;
+        let path = entry.path.under(&self.root);
+        let meta = if self.follow_links.load(Ordering::Relaxed) {
+            fs::metadata(path)?
+        } else {
+            fs::symlink_metadata(path)?
+        };
         Ok(meta.size() == entry.size
             && meta.mtime() == entry.mtime.sec
             && meta.mtime_nsec() as u32 == entry.mtime.nsec

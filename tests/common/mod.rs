@@ -1,0 +1,283 @@
+//! Helpers shared by the integration tests: build trees, run the real
+//! binary, and compare trees the way a user would (content, kind, mode,
+//! mtime to the nanosecond, link targets).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_snapsync"))
+}
+
+pub fn snapsync(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("SNAPSYNC_LOG")
+        .output()
+        .expect("run snapsync")
+}
+
+/// Runs snapsync with path arguments, returning the output.
+pub fn run(args: &[&OsStr]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run snapsync")
+}
+
+pub fn push(src: &Path, dst: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("push").args(extra).arg(src).arg(dst);
+    cmd.output().expect("run snapsync")
+}
+
+pub fn pull(local: &Path, remote: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("pull").args(extra).arg(local).arg(remote);
+    cmd.output().expect("run snapsync")
+}
+
+/// Asserts the exit code, showing the output when it differs.
+#[track_caller]
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a push with `--json` and returns the summary object.
+#[track_caller]
+pub fn push_json(src: &Path, dst: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = push(src, dst, &args);
+    assert_code(&out, 0);
+    summary(&out)
+}
+
+#[track_caller]
+pub fn summary(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn write(root: &Path, rel: &str, content: &[u8]) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+pub fn read(root: &Path, rel: &str) -> Vec<u8> {
+    fs::read(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+pub fn link(root: &Path, rel: &str, target: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    symlink(target, path).unwrap();
+}
+
+pub fn chmod(root: &Path, rel: &str, mode: u32) {
+    fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn set_mtime(root: &Path, rel: &str, sec: i64, nsec: u32) {
+    filetime::set_symlink_file_times(
+        root.join(rel),
+        filetime::FileTime::from_unix_time(sec, nsec),
+        filetime::FileTime::from_unix_time(sec, nsec),
+    )
+    .unwrap();
+}
+
+/// A deterministic pseudo-random generator (xorshift), so trees are the
+/// same on every run without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Writes `count` files of `min..max` bytes in nested directories.
+pub fn generate_tree(root: &Path, seed: u64, count: usize, min: usize, max: usize) {
+    let mut rng = Rng::new(seed);
+    for i in 0..count {
+        let dir = format!("d{}/s{}", i % 17, i % 5);
+        let len = min + rng.below((max - min + 1) as u64) as usize;
+        write(root, &format!("{dir}/f{i}.dat"), &rng.bytes(len));
+    }
+}
+
+/// What a user sees of one path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Node {
+    File {
+        content: Vec<u8>,
+        mode: u32,
+        mtime: (i64, i64),
+    },
+    Dir {
+        mode: u32,
+        mtime: (i64, i64),
+    },
+    Link {
+        target: Vec<u8>,
+    },
+}
+
+/// Every path below `root` (not `.snapsync`), byte-named.
+pub fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    collect(root, root, &mut out, true);
+    out
+}
+
+/// Like [`tree`] but without directory mtimes (which a test that adds
+/// files by hand changes on one side only).
+pub fn tree_without_dir_times(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    collect(root, root, &mut out, false);
+    out
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>, dir_times: bool) {
+    let mut items: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    items.sort_by_key(|e| e.file_name());
+    for item in items {
+        let path = item.path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        if rel == b".snapsync" {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let mtime = (meta.mtime(), meta.mtime_nsec());
+        let node = if meta.file_type().is_symlink() {
+            Node::Link {
+                target: fs::read_link(&path)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            }
+        } else if meta.is_dir() {
+            collect(root, &path, out, dir_times);
+            Node::Dir {
+                mode: meta.mode() & 0o7777,
+                mtime: if dir_times { mtime } else { (0, 0) },
+            }
+        } else if meta.is_file() {
+            Node::File {
+                content: fs::read(&path).unwrap(),
+                mode: meta.mode() & 0o7777,
+                mtime,
+            }
+        } else {
+            continue;
+        };
+        out.insert(rel, node);
+    }
+}
+
+#[track_caller]
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    if ta != tb {
+        let keys: std::collections::BTreeSet<_> = ta.keys().chain(tb.keys()).collect();
+        let mut diffs = Vec::new();
+        for key in keys {
+            if ta.get(key) != tb.get(key) {
+                diffs.push(format!(
+                    "{}: {:?} vs {:?}",
+                    String::from_utf8_lossy(key),
+                    ta.get(key).map(short),
+                    tb.get(key).map(short)
+                ));
+            }
+        }
+        panic!("trees differ:\n{}", diffs.join("\n"));
+    }
+}
+
+fn short(node: &Node) -> String {
+    match node {
+        Node::File {
+            content,
+            mode,
+            mtime,
+        } => format!("file {} bytes mode {mode:o} mtime {mtime:?}", content.len()),
+        Node::Dir { mode, mtime } => format!("dir mode {mode:o} mtime {mtime:?}"),
+        Node::Link { target } => format!("link -> {}", String::from_utf8_lossy(target)),
+    }
+}
+
+pub fn count(value: &serde_json::Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary has no {key}: {value}"))
+}
+
+/// (inode, ctime) of every path: unchanged when nothing touched them.
+pub fn identities(root: &Path) -> BTreeMap<Vec<u8>, (u64, i64, i64)> {
+    let mut out = BTreeMap::new();
+    walk_identities(root, root, &mut out);
+    out
+}
+
+fn walk_identities(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, (u64, i64, i64)>) {
+    for item in fs::read_dir(dir).unwrap() {
+        let path = item.unwrap().path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        if rel == b".snapsync" {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).unwrap();
+        out.insert(rel, (meta.ino(), meta.ctime(), meta.ctime_nsec()));
+        if meta.is_dir() {
+            walk_identities(root, &path, out);
+        }
+    }
+}
