@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs snapsync's whole test suite: formatting, lints, unit and integration
+# tests. Installs what the tests need (as root, with apt-get) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: missing ${missing[*]}; run as root to install them" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets 2>&1
