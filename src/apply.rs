@@ -121,6 +121,11 @@ impl LocalTree {
         Ok(path.under(&self.root))
     }
 
+    /// The absolute path of an existing `path`, checked like every write.
+    pub fn checked_path(&self, path: &RelPath) -> Result<PathBuf, ApplyError> {
+        self.safe_path(path, false)
+    }
+
     fn forget_checked(&self, path: &RelPath) {
         self.checked_dirs
             .lock()
@@ -168,6 +173,38 @@ impl LocalTree {
         Ok(entry)
     }
 
+    /// Starts writing `entry` under a temporary name in its directory. With
+    /// `basis`, ranges of the file now at that path can be copied in (delta).
+    pub fn begin_file(&self, entry: &Entry, basis: bool) -> Result<IncomingFile<'_>, ApplyError> {
+        let tmp = self.temp_path(&entry.path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_error(format!(
+                "cannot create a temporary file for {}",
+                entry.path
+            )))?;
+        let basis = if basis {
+            Some(
+                File::open(entry.path.under(&self.root))
+                    .map_err(io_error(format!("cannot open {} for a delta", entry.path)))?,
+            )
+        } else {
+            None
+        };
+        Ok(IncomingFile {
+            tree: self,
+            entry: entry.clone(),
+            tmp,
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            basis,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
     /// Writes a file from `data` under a temporary name, hashing what it
     /// writes; `verify` sees the hash and may refuse, and only then is the
     /// file given its metadata and renamed into place.
@@ -178,32 +215,20 @@ impl LocalTree {
         data: &mut dyn Read,
         verify: &dyn Fn(&Hash) -> Result<(), String>,
     ) -> Result<(Entry, u64), ApplyError> {
-        let tmp = self.temp_path(&entry.path)?;
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_error(format!(
-                    "cannot create a temporary file for {}",
-                    entry.path
-                )))?;
-            let (hash, written) = copy_hashing(data, &mut file)
-                .map_err(io_error(format!("cannot copy {}", entry.path)))?;
-            verify(&hash).map_err(ApplyError::Verify)?;
-            self.set_file_metadata(&file, &tmp, entry, xattrs)?;
-            drop(file);
-            self.place(&tmp, &entry.path)?;
-            Ok((hash, written))
-        })();
-        match result {
-            Ok((hash, written)) => Ok((self.stat(&entry.path, Some(hash))?, written)),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
+        let mut incoming = self.begin_file(entry, false)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(format!("cannot copy {}", entry.path))(e)),
+            };
+            incoming.literal(&buf[..n])?;
         }
+        let hash = incoming.hash();
+        verify(&hash).map_err(ApplyError::Verify)?;
+        incoming.finish(&hash, xattrs)
     }
 
     /// Copies content this root already holds at `from` to `entry.path`,
@@ -381,6 +406,96 @@ impl LocalTree {
         let gid = self.preserve.group.then_some(entry.gid);
         std::os::unix::fs::lchown(path, uid, gid)
             .map_err(io_error(format!("cannot set owner of {}", entry.path)))
+    }
+}
+
+/// A file being received: written under a temporary name, hashed as it
+/// grows, placed under its real name only by [`IncomingFile::finish`].
+/// Dropped unfinished, it removes its temporary file.
+pub struct IncomingFile<'a> {
+    tree: &'a LocalTree,
+    entry: Entry,
+    tmp: PathBuf,
+    file: Option<io::BufWriter<File>>,
+    basis: Option<File>,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl IncomingFile<'_> {
+    pub fn path(&self) -> &RelPath {
+        &self.entry.path
+    }
+
+    pub fn literal(&mut self, data: &[u8]) -> Result<(), ApplyError> {
+        let file = self.file.as_mut().expect("open until finished");
+        file.write_all(data)
+            .map_err(io_error(format!("cannot write {}", self.entry.path)))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Copies a range of the file the target held before (the delta basis).
+    pub fn copy(&mut self, offset: u64, len: u64) -> Result<(), ApplyError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.entry.path.clone();
+        let Some(basis) = self.basis.as_ref() else {
+            return Err(ApplyError::Verify(format!(
+                "{path}: the sender referred to a previous version that was not offered"
+            )));
+        };
+        if len > crate::delta::LITERAL_CHUNK as u64 * 4 {
+            return Err(ApplyError::Verify(format!("{path}: delta block too large")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        basis
+            .read_exact_at(&mut buf, offset)
+            .map_err(io_error(format!(
+                "cannot read the previous version of {path}"
+            )))?;
+        self.literal(&buf)
+    }
+
+    /// The hash of what was written so far.
+    pub fn hash(&self) -> Hash {
+        *self.hasher.finalize().as_bytes()
+    }
+
+    /// Checks the content against `expected`, sets the metadata, and renames
+    /// the file into place. Returns the new entry and the bytes written.
+    pub fn finish(
+        mut self,
+        expected: &Hash,
+        xattrs: Option<&Xattrs>,
+    ) -> Result<(Entry, u64), ApplyError> {
+        let hash = self.hash();
+        if hash != *expected {
+            return Err(ApplyError::Verify(format!(
+                "{}: content hash does not match the sender's; not installed",
+                self.entry.path
+            )));
+        }
+        let writer = self.file.take().expect("open until finished");
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_error(format!("cannot write {}", self.entry.path))(e.into_error()))?;
+        self.tree
+            .set_file_metadata(&file, &self.tmp, &self.entry, xattrs)?;
+        drop(file);
+        self.tree.place(&self.tmp, &self.entry.path)?;
+        self.tmp = PathBuf::new();
+        let entry = self.tree.stat(&self.entry.path, Some(hash))?;
+        Ok((entry, self.written))
+    }
+}
+
+impl Drop for IncomingFile<'_> {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.file.take();
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

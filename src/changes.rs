@@ -12,7 +12,7 @@ use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::scan::LinkMode;
 
 /// One path whose state differs from the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub path: RelPath,
     /// The snapshot row (`None`: the path is new).
@@ -60,14 +60,14 @@ impl Change {
 }
 
 /// A path that moved within the root.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rename {
     pub from: RelPath,
     pub to: RelPath,
     pub kind: Kind,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChangeSet {
     /// Sorted by path bytes.
     pub changes: Vec<Change>,
@@ -95,7 +95,7 @@ impl ChangeSet {
 }
 
 /// How to compare a scan with its snapshot.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DiffOptions {
     pub filters: Filters,
     pub links: LinkMode,

@@ -20,7 +20,7 @@ pub const TEMP_PREFIX: &[u8] = b".snapsync-tmp-";
 /// The state directory's name at the top of a root.
 pub const STATE_DIR_NAME: &str = ".snapsync";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RuleKind {
     Include,
     Exclude,
@@ -28,7 +28,7 @@ pub enum RuleKind {
 
 /// A rule as the user wrote it, before compiling; kept so a session can
 /// record its filters and notice when they change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleSpec {
     pub kind: RuleKind,
     pub pattern: String,
@@ -112,13 +112,40 @@ struct Rule {
 }
 
 /// Compiled rules. Cheap to clone and share between scanning threads.
-#[derive(Debug, Clone, Default)]
+/// On the wire they travel as their rule specs and are compiled again.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "FilterSpecs", into = "FilterSpecs")]
 pub struct Filters {
     rules: Vec<Rule>,
     specs: Vec<RuleSpec>,
     /// Extra root-relative paths that are never synced (a state or backup
     /// directory that lives inside the root).
     fixed_excludes: Vec<RelPath>,
+}
+
+/// The wire form of [`Filters`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FilterSpecs {
+    rules: Vec<RuleSpec>,
+    fixed_excludes: Vec<RelPath>,
+}
+
+impl From<Filters> for FilterSpecs {
+    fn from(filters: Filters) -> Self {
+        FilterSpecs {
+            rules: filters.specs,
+            fixed_excludes: filters.fixed_excludes,
+        }
+    }
+}
+
+impl TryFrom<FilterSpecs> for Filters {
+    type Error = FilterError;
+    fn try_from(specs: FilterSpecs) -> Result<Self, FilterError> {
+        let mut filters = Filters::new(&specs.rules)?;
+        filters.fixed_excludes = specs.fixed_excludes;
+        Ok(filters)
+    }
 }
 
 impl Filters {

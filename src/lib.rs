@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod changes;
+pub mod delta;
 pub mod endpoint;
 pub mod filter;
 pub mod model;

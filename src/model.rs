@@ -7,6 +7,8 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// A path relative to a root: `/`-separated components, each non-empty and
 /// neither `.` nor `..`, no NUL byte. Names are bytes; they need not be UTF-8.
 ///
@@ -165,6 +167,55 @@ impl fmt::Debug for RelPath {
     }
 }
 
+impl Serialize for RelPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+/// A path from a peer goes through [`RelPath::new`]: one that would leave
+/// the root fails to decode.
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: serde_bytes_buf::ByteBuf = Deserialize::deserialize(deserializer)?;
+        RelPath::new(&bytes.0).map_err(serde::de::Error::custom)
+    }
+}
+
+mod serde_bytes_buf {
+    /// Bytes, decoded from either a byte string or a sequence.
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<ByteBuf, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(ByteBuf(out))
+                }
+            }
+            deserializer.deserialize_byte_buf(Visitor)
+        }
+    }
+}
+
 /// Shows bytes as text: valid UTF-8 as is, every other byte as `\xHH`.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
@@ -199,7 +250,7 @@ pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
 
 /// What a path is. Special files (FIFOs, sockets, devices) never become
 /// entries: the scanner skips them with a warning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     File,
     Dir,
@@ -240,7 +291,9 @@ pub fn hash_hex(hash: &Hash) -> String {
 }
 
 /// Modification time with nanoseconds, as the filesystem reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Mtime {
     pub sec: i64,
     pub nsec: u32,
@@ -250,7 +303,7 @@ pub struct Mtime {
 ///
 /// `dev` and `ino` are meaningful only on the endpoint that produced the
 /// entry; they are never compared across endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub path: RelPath,
     pub kind: Kind,
@@ -271,7 +324,7 @@ pub struct Entry {
 }
 
 /// Which metadata a run preserves, beyond content, times and permission bits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preserve {
     pub owner: bool,
     pub group: bool,

@@ -8,7 +8,7 @@ use crate::state::SnapshotUpdate;
 
 /// One operation on the target root. Paths are as they are when the
 /// operation runs (after the renames before it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Move a file, link or whole directory within the target.
     Rename {

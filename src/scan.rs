@@ -13,7 +13,7 @@ use crate::filter::Filters;
 use crate::model::{Entry, Hash, Kind, Mtime, Preserve, RelPath};
 
 /// What to do with symbolic links.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum LinkMode {
     /// Replicate links as links.
     #[default]

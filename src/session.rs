@@ -5,16 +5,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::apply::Xattrs;
 use crate::changes::DiffOptions;
-use crate::endpoint::{Applied, Endpoint, EndpointError, OpFailure, Role, SessionRequest};
-use crate::model::{Entry, Hash, Kind, RelPath};
+use crate::endpoint::{
+    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, SessionRequest,
+};
+use crate::model::{Entry, Kind, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
     hashes_wanted, paths_to_look_up, plan_replica, ReplicaInput, ReplicaOptions,
@@ -173,12 +174,12 @@ pub fn run_replica(
         bytes: AtomicU64::new(0),
         failures: Mutex::new(failures),
         failed_prefixes: Mutex::new(Vec::new()),
-        commit_error: Mutex::new(None),
+        fatal: Mutex::new(None),
         interrupted: AtomicBool::new(false),
     };
     run.execute(&plan);
     run.flush();
-    if let Some(error) = run.commit_error.lock().unwrap().take() {
+    if let Some(error) = run.fatal.lock().unwrap().take() {
         return Err(error);
     }
     let interrupted = run.interrupted.load(Ordering::SeqCst);
@@ -230,6 +231,14 @@ fn summary_from(
 }
 
 #[derive(Default)]
+struct BatchOutcome<'p> {
+    /// Directories created, whose metadata is set after their contents.
+    created_dirs: Vec<&'p Item>,
+    /// Content the plan meant to reuse that changed: to be sent instead.
+    stale: Vec<Transfer<'p>>,
+}
+
+#[derive(Default)]
 struct Pending {
     target: Vec<SnapshotUpdate>,
     source: Vec<SnapshotUpdate>,
@@ -254,9 +263,19 @@ struct Run<'a> {
     /// Renamed or created directories that failed: what the plan puts
     /// below them is not attempted.
     failed_prefixes: Mutex<Vec<RelPath>>,
-    commit_error: Mutex<Option<EndpointError>>,
+    fatal: Mutex<Option<EndpointError>>,
     interrupted: AtomicBool,
 }
+
+/// A file to stream: its plan item, and for content the plan meant to move
+/// (which changed meanwhile) the old path to delete once it has arrived.
+type Transfer<'p> = (&'p Item, Option<RelPath>);
+
+/// Operations sent to the target in one call, at most.
+const BATCH_OPS: usize = 1000;
+/// Files at least this large that the target already has a version of are
+/// sent as deltas when data crosses a network.
+const DELTA_MIN_SIZE: u64 = 64 * 1024;
 
 impl Run<'_> {
     fn execute(&self, plan: &Plan) {
@@ -275,219 +294,286 @@ impl Run<'_> {
         deletes.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
         mkdirs.sort_by_key(|item| item.path.depth());
 
+        let mut transfers: Vec<Transfer> = Vec::new();
+        // Each rename may depend on the one before: one at a time.
         for item in renames {
-            self.run_item(item);
+            transfers.extend(self.run_batch(&[(item, item.op.clone())], false).stale);
         }
-        for item in deletes {
-            self.run_item(item);
-        }
-        let mut created_dirs = Vec::new();
-        for item in mkdirs {
-            if self.run_item(item) {
-                created_dirs.push(item);
-            }
-        }
-        let workers = (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).max(4);
-        match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
-            Ok(pool) => pool.install(|| {
-                files.par_iter().for_each(|item| {
-                    self.run_item(item);
-                })
-            }),
-            Err(_) => files.iter().for_each(|item| {
-                self.run_item(item);
-            }),
-        }
+        self.run_batches(&deletes, false);
+        let created_dirs = self.run_batches(&mkdirs, false).created_dirs;
+        let (streamed, others): (Vec<&Item>, Vec<&Item>) = files
+            .into_iter()
+            .partition(|item| matches!(item.op, Op::Transfer { .. }));
+        transfers.extend(self.run_batches(&others, true).stale);
+        transfers.extend(streamed.into_iter().map(|item| (item, None)));
+        self.transfer_all(transfers);
         // New directories get their final metadata once their contents are in.
         dir_meta.extend(created_dirs);
         dir_meta.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
-        for item in dir_meta {
-            self.finish_directory(item);
+        let finishing: Vec<(&Item, Op)> = dir_meta
+            .into_iter()
+            .filter_map(|item| match &item.op {
+                Op::Mkdir { entry } | Op::SetMeta { entry, .. } => Some((
+                    item,
+                    Op::SetMeta {
+                        entry: entry.clone(),
+                        restore: false,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        for chunk in finishing.chunks(BATCH_OPS) {
+            self.run_batch(chunk, false);
         }
     }
 
     fn should_stop(&self) -> bool {
-        if self.commit_error.lock().unwrap().is_some() || self.stop.load(Ordering::SeqCst) {
+        if self.fatal.lock().unwrap().is_some() || self.stop.load(Ordering::SeqCst) {
             self.interrupted.store(true, Ordering::SeqCst);
             return true;
         }
         false
     }
 
-    /// Carries out one item and settles it; true when it succeeded.
-    fn run_item(&self, item: &Item) -> bool {
-        if self.should_stop() {
-            return false;
+    fn run_batches<'p>(&self, items: &[&'p Item], parallel: bool) -> BatchOutcome<'p> {
+        let mut outcome = BatchOutcome::default();
+        for chunk in items.chunks(BATCH_OPS) {
+            let ops: Vec<(&Item, Op)> = chunk.iter().map(|item| (*item, item.op.clone())).collect();
+            let part = self.run_batch(&ops, parallel);
+            outcome.created_dirs.extend(part.created_dirs);
+            outcome.stale.extend(part.stale);
         }
-        if let Some(prefix) = self
-            .failed_prefixes
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|p| item.path.starts_with(p) && item.path != **p)
-        {
-            self.fail(
-                &item.path,
-                format!("not synced: {prefix} could not be created"),
-            );
-            return false;
-        }
-        let result = match &item.op {
-            Op::Transfer { entry } => self.transfer(entry),
-            Op::RenameContent { from, entry } | Op::LocalCopy { from, entry } => {
-                let xattrs = self.xattrs_of(entry);
-                match self.target.apply(&item.op, xattrs.as_ref()) {
-                    Err(failure) if failure.stale => {
-                        // The content it meant to reuse changed: send it.
-                        let sent = self.transfer(entry);
-                        if sent.is_ok() && matches!(item.op, Op::RenameContent { .. }) {
-                            self.delete_leftover(from);
-                        }
-                        sent
-                    }
-                    other => other,
-                }
-            }
-            Op::Mkdir { .. } => {
-                // Settled with its metadata, after its contents.
-                return match self.target.apply(&item.op, None) {
-                    Ok(_) => true,
-                    Err(failure) => {
-                        self.failed_prefixes.lock().unwrap().push(item.path.clone());
-                        self.fail(&failure.path, failure.message);
-                        false
-                    }
-                };
-            }
-            op => {
-                let xattrs = match op {
-                    Op::Symlink { entry } | Op::SetMeta { entry, .. } => self.xattrs_of(entry),
-                    _ => None,
-                };
-                self.target.apply(op, xattrs.as_ref())
-            }
-        };
-        match result {
-            Ok(applied) => {
-                self.settle(item, applied);
-                true
-            }
-            Err(failure) if failure.warning_only => {
-                self.observer.warning(&failure.message);
-                // The source's side is settled; the target keeps the path.
-                self.settle(
-                    item,
-                    Applied {
-                        updates: Vec::new(),
-                        bytes: 0,
-                    },
-                );
-                true
-            }
-            Err(failure) => {
-                if matches!(item.op, Op::Rename { .. }) {
-                    self.failed_prefixes.lock().unwrap().push(item.path.clone());
-                }
-                self.fail(&failure.path, failure.message);
-                false
-            }
-        }
+        outcome
     }
 
-    fn finish_directory(&self, item: &Item) {
+    /// Sends one batch of operations to the target and settles each result.
+    fn run_batch<'p>(&self, batch: &[(&'p Item, Op)], parallel: bool) -> BatchOutcome<'p> {
+        let mut outcome = BatchOutcome::default();
         if self.should_stop() {
+            return outcome;
+        }
+        let mut ready: Vec<(&'p Item, Op)> = Vec::with_capacity(batch.len());
+        {
+            let failed = self.failed_prefixes.lock().unwrap();
+            for (item, op) in batch {
+                match failed
+                    .iter()
+                    .find(|p| item.path.starts_with(p) && item.path != **p)
+                {
+                    Some(prefix) => self.fail(
+                        &item.path,
+                        format!("not synced: {prefix} could not be created"),
+                    ),
+                    None => ready.push((*item, op.clone())),
+                }
+            }
+        }
+        if ready.is_empty() {
+            return outcome;
+        }
+        let xattrs = self.xattrs_for(&ready);
+        let ops: Vec<(Op, Option<Xattrs>)> =
+            ready.iter().map(|(_, op)| op.clone()).zip(xattrs).collect();
+        let results = match self.target.apply(&ops, parallel) {
+            Ok(results) => results,
+            Err(error) => {
+                self.fatal.lock().unwrap().get_or_insert(error);
+                return outcome;
+            }
+        };
+        for ((item, op), result) in ready.into_iter().zip(results) {
+            match result {
+                Ok(_) if matches!(op, Op::Mkdir { .. }) => outcome.created_dirs.push(item),
+                Ok(applied) => self.settle(item, applied),
+                Err(failure) if failure.stale => {
+                    // The content it meant to reuse changed: send it instead.
+                    let leftover = match &item.op {
+                        Op::RenameContent { from, .. } => Some(from.clone()),
+                        _ => None,
+                    };
+                    outcome.stale.push((item, leftover));
+                }
+                Err(failure) if failure.warning_only => {
+                    self.observer.warning(&failure.message);
+                    // The source's side is settled; the target keeps the path.
+                    self.settle(
+                        item,
+                        Applied {
+                            updates: Vec::new(),
+                            bytes: 0,
+                        },
+                    );
+                }
+                Err(failure) => {
+                    if matches!(item.op, Op::Rename { .. } | Op::Mkdir { .. }) {
+                        self.failed_prefixes.lock().unwrap().push(item.path.clone());
+                    }
+                    self.fail(&failure.path, failure.message);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Streams file data from the source into the target. Results arrive on
+    /// whatever thread the target reports them from; they are settled here,
+    /// on this thread, so settling (which writes to both endpoints) never
+    /// runs inside an endpoint's own machinery.
+    fn transfer_all(&self, transfers: Vec<Transfer>) {
+        if transfers.is_empty() || self.should_stop() {
             return;
         }
-        let entry = match &item.op {
-            Op::Mkdir { entry } | Op::SetMeta { entry, .. } => entry.clone(),
-            _ => return,
+        let entry_of = |item: &Item| match &item.op {
+            Op::Transfer { entry }
+            | Op::LocalCopy { entry, .. }
+            | Op::RenameContent { entry, .. } => entry.clone(),
+            _ => unreachable!("only file content is transferred"),
         };
-        let xattrs = self.xattrs_of(&entry);
-        let op = Op::SetMeta {
-            entry,
-            restore: false,
+        let use_delta = self.source.is_remote() || self.target.is_remote();
+        let basis_paths: Vec<RelPath> = if use_delta {
+            transfers
+                .iter()
+                .map(|(item, _)| entry_of(item))
+                .filter(|entry| entry.size >= DELTA_MIN_SIZE)
+                .zip(transfers.iter())
+                .filter(|(_, (item, _))| item.replaces)
+                .map(|(entry, _)| entry.path)
+                .collect()
+        } else {
+            Vec::new()
         };
-        match self.target.apply(&op, xattrs.as_ref()) {
-            Ok(applied) => self.settle(item, applied),
-            Err(failure) => self.fail(&failure.path, failure.message),
-        }
-    }
-
-    fn transfer(&self, entry: &Entry) -> Result<Applied, OpFailure> {
-        let failure = |message: String| OpFailure {
-            path: entry.path.clone(),
-            message,
-            stale: false,
-            warning_only: false,
-        };
-        let xattrs = self.xattrs_of(entry);
-        let mut data = self
-            .source
-            .open_file(entry)
-            .map_err(|e| failure(format!("cannot read {}: {e}", entry.path)))?;
-        let source = self.source;
-        let verify = |hash: &Hash| -> Result<(), String> {
-            let changed = || {
-                format!(
-                    "{} changed while it was being copied; it will be synced on the next run",
-                    entry.path
-                )
-            };
-            if entry.hash.is_some_and(|expected| expected != *hash) {
-                return Err(changed());
-            }
-            match source.unchanged_since_scan(entry) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(changed()),
-                Err(e) => Err(format!("{} vanished while being copied: {e}", entry.path)),
+        let mut signatures = if basis_paths.is_empty() {
+            HashMap::new()
+        } else {
+            match self.target.signatures(&basis_paths) {
+                Ok(signatures) => signatures,
+                Err(error) => {
+                    self.fatal.lock().unwrap().get_or_insert(error);
+                    return;
+                }
             }
         };
-        let applied = self
-            .target
-            .write_file(entry, xattrs.as_ref(), &mut data, &verify)?;
-        self.bytes.fetch_add(applied.bytes, Ordering::Relaxed);
-        Ok(applied)
-    }
-
-    /// After content meant to be moved had to be sent instead, the old path
-    /// still holds it and must go as the plan said.
-    fn delete_leftover(&self, from: &RelPath) {
-        let entry = self.target_now.get(from).cloned().unwrap_or_else(|| Entry {
-            path: from.clone(),
-            kind: Kind::File,
-            size: 0,
-            mtime: Default::default(),
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            dev: 0,
-            ino: 0,
-            hash: None,
-            link_target: None,
-            xattr_hash: None,
+        let jobs: Vec<FileJob> = transfers
+            .iter()
+            .enumerate()
+            .map(|(id, (item, _))| {
+                let entry = entry_of(item);
+                FileJob {
+                    id: id as u64,
+                    basis: signatures.remove(&entry.path),
+                    entry,
+                }
+            })
+            .collect();
+        let (tx, rx) = crossbeam_channel::unbounded::<(u64, Result<Applied, OpFailure>)>();
+        let done: Done = Arc::new(move |id, result| {
+            let _ = tx.send((id, result));
         });
-        let mut entry = entry;
-        entry.path = from.clone();
-        match self.target.apply(&Op::Delete { entry }, None) {
-            Ok(applied) => self.queue(applied.updates, None),
-            Err(failure) => self.fail(&failure.path, failure.message),
+        let mut leftovers = Vec::new();
+        std::thread::scope(|scope| {
+            let settler = scope.spawn(|| {
+                let mut leftovers = Vec::new();
+                for (id, result) in rx {
+                    let Some((item, leftover)) = transfers.get(id as usize) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(applied) => {
+                            self.bytes.fetch_add(applied.bytes, Ordering::Relaxed);
+                            self.settle(item, applied);
+                            leftovers.extend(leftover.clone());
+                        }
+                        Err(failure) => self.fail(&failure.path, failure.message),
+                    }
+                }
+                leftovers
+            });
+            let sent = {
+                let sink = self.target.receive_files(done);
+                self.source
+                    .send_files(jobs, sink.as_ref(), self.xattrs, self.stop)
+                    .and_then(|()| sink.wait())
+            };
+            if let Err(error) = sent {
+                self.fatal.lock().unwrap().get_or_insert(error);
+            }
+            leftovers = settler.join().unwrap_or_default();
+        });
+        if self.stop.load(Ordering::SeqCst) {
+            self.interrupted.store(true, Ordering::SeqCst);
+        }
+        // After content meant to be moved had to be sent instead, the old
+        // path still holds it and must go as the plan said.
+        let deletes: Vec<(Op, Option<Xattrs>)> = leftovers
+            .into_iter()
+            .map(|path| {
+                let mut entry = self
+                    .target_now
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or_else(|| Entry {
+                        path: path.clone(),
+                        kind: Kind::File,
+                        size: 0,
+                        mtime: Default::default(),
+                        mode: 0,
+                        uid: 0,
+                        gid: 0,
+                        dev: 0,
+                        ino: 0,
+                        hash: None,
+                        link_target: None,
+                        xattr_hash: None,
+                    });
+                entry.path = path;
+                (Op::Delete { entry }, None)
+            })
+            .collect();
+        if !deletes.is_empty() {
+            match self.target.apply(&deletes, false) {
+                Ok(results) => {
+                    for result in results {
+                        match result {
+                            Ok(applied) => self.queue(applied.updates, None),
+                            Err(failure) => self.fail(&failure.path, failure.message),
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.fatal.lock().unwrap().get_or_insert(error);
+                }
+            }
         }
     }
 
-    fn xattrs_of(&self, entry: &Entry) -> Option<Xattrs> {
+    /// The source's extended attributes for each operation that sets
+    /// metadata, fetched in one call (only with `--xattrs`).
+    fn xattrs_for(&self, batch: &[(&Item, Op)]) -> Vec<Option<Xattrs>> {
+        let wanted = |op: &Op| match op {
+            Op::Symlink { entry }
+            | Op::SetMeta { entry, .. }
+            | Op::LocalCopy { entry, .. }
+            | Op::RenameContent { entry, .. } => Some(entry.clone()),
+            _ => None,
+        };
         if !self.xattrs {
-            return None;
+            return vec![None; batch.len()];
         }
-        match self.source.read_xattrs(entry) {
-            Ok(pairs) => Some(pairs),
-            Err(e) => {
-                self.observer.warning(&format!(
-                    "cannot read extended attributes of {}: {e}",
-                    entry.path
-                ));
-                None
+        let entries: Vec<Option<Entry>> = batch.iter().map(|(_, op)| wanted(op)).collect();
+        let asked: Vec<Entry> = entries.iter().flatten().cloned().collect();
+        let mut got = match self.source.read_xattrs(&asked) {
+            Ok(got) => got.into_iter(),
+            Err(error) => {
+                self.observer
+                    .warning(&format!("cannot read extended attributes: {error}"));
+                return vec![None; batch.len()];
             }
-        }
+        };
+        entries
+            .iter()
+            .map(|e| e.as_ref().and_then(|_| got.next().flatten()))
+            .collect()
     }
 
     fn fail(&self, path: &RelPath, message: String) {
@@ -541,7 +627,7 @@ impl Run<'_> {
             .commit(&target)
             .and_then(|()| self.source.commit(&source));
         if let Err(error) = result {
-            self.commit_error.lock().unwrap().get_or_insert(error);
+            self.fatal.lock().unwrap().get_or_insert(error);
         }
     }
 }

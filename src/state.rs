@@ -125,7 +125,7 @@ impl SessionLock {
 
 /// A change to one snapshot row, written in batches after the operation it
 /// records has succeeded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SnapshotUpdate {
     Upsert(Entry),
     /// Removes the row and every row below it.
@@ -144,7 +144,7 @@ pub struct SessionDb {
 }
 
 /// What a session records about itself on each side.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionFacts {
     pub direction: Option<String>,
     pub peer_root_id: Option<String>,

@@ -7,13 +7,17 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rayon::prelude::*;
 
-use super::{Applied, Endpoint, EndpointError, OpFailure, Role, SessionRequest};
-use crate::apply::{remove_stale_temps, ApplyError, LocalTree, Xattrs};
+use super::{
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, Role,
+    SessionRequest, SourceEnd,
+};
+use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
 use crate::changes::{detect_renames, diff, sizes_worth_hashing, ChangeSet, DiffOptions};
+use crate::delta::{delta, signature, DeltaOp, Signature, LITERAL_CHUNK};
 use crate::filter::STATE_DIR_NAME;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
@@ -88,6 +92,141 @@ impl LocalEndpoint {
         });
     }
 
+    fn apply_one(&self, op: &Op, xattrs: Option<&Xattrs>) -> Result<Applied, OpFailure> {
+        let done = |update: Option<SnapshotUpdate>, bytes: u64| Applied {
+            updates: update.into_iter().collect(),
+            bytes,
+        };
+        let tree = &self.tree;
+        match op {
+            Op::Rename { from, to } => tree
+                .rename(from, to)
+                .map(|()| {
+                    done(
+                        Some(SnapshotUpdate::Move {
+                            from: from.clone(),
+                            to: to.clone(),
+                        }),
+                        0,
+                    )
+                })
+                .map_err(|e| Self::failure(to, e)),
+            Op::RenameContent { from, entry } => {
+                let expected = self.current.read().unwrap().get(from).cloned();
+                let Some(expected) = expected else {
+                    return Err(Self::failure(&entry.path, ApplyError::Stale(from.clone())));
+                };
+                let new = tree
+                    .rename_content(from, &expected, entry, xattrs)
+                    .map_err(|e| Self::failure(&entry.path, e))?;
+                Ok(Applied {
+                    updates: vec![
+                        SnapshotUpdate::Remove(from.clone()),
+                        SnapshotUpdate::Upsert(new),
+                    ],
+                    bytes: 0,
+                })
+            }
+            Op::Delete { entry } => tree
+                .delete(entry)
+                .map(|()| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
+                .map_err(|e| Self::failure(&entry.path, e)),
+            Op::Mkdir { entry } => tree
+                .mkdir(entry)
+                .map(|()| done(None, 0))
+                .map_err(|e| Self::failure(&entry.path, e)),
+            Op::LocalCopy { from, entry } => tree
+                .local_copy(from, entry, xattrs)
+                .map(|(new, bytes)| done(Some(SnapshotUpdate::Upsert(new)), bytes))
+                .map_err(|e| Self::failure(&entry.path, e)),
+            Op::Symlink { entry } => tree
+                .symlink(entry, xattrs)
+                .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
+                .map_err(|e| Self::failure(&entry.path, e)),
+            Op::SetMeta { entry, .. } => {
+                let hash = self
+                    .current
+                    .read()
+                    .unwrap()
+                    .get(&entry.path)
+                    .and_then(|e| e.hash)
+                    .or(entry.hash);
+                tree.set_metadata(entry, xattrs, hash)
+                    .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
+                    .map_err(|e| Self::failure(&entry.path, e))
+            }
+            Op::Transfer { entry } => Err(OpFailure {
+                path: entry.path.clone(),
+                message: "a transfer needs data from the source".into(),
+                stale: false,
+                warning_only: false,
+            }),
+            Op::Record | Op::Keep => Ok(done(None, 0)),
+        }
+    }
+
+    /// Reads one job's file into `writer` (as a delta when the job has a
+    /// signature) and says how it ended: complete with the hash of all that
+    /// was read, or failed when the file could not be read or changed meanwhile.
+    fn stream_file(&self, job: &FileJob, writer: &mut dyn FileWriter, xattrs: bool) -> SourceEnd {
+        let entry = &job.entry;
+        let path = entry.path.under(&self.root);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return SourceEnd::Failed(format!("cannot read {}: {e}", entry.path)),
+        };
+        let sent = match &job.basis {
+            Some(sig) => delta(&mut file, sig, &mut |op| match op {
+                DeltaOp::Literal(data) => writer.literal(data),
+                DeltaOp::Copy { offset, len } => writer.copy(offset, len),
+            }),
+            None => copy_to_writer(&mut file, writer),
+        };
+        let hash = match sent {
+            Ok(hash) => hash,
+            Err(e) => return SourceEnd::Failed(format!("cannot send {}: {e}", entry.path)),
+        };
+        let changed = || {
+            SourceEnd::Failed(format!(
+                "{} changed while it was being copied; it will be synced on the next run",
+                entry.path
+            ))
+        };
+        if entry.hash.is_some_and(|expected| expected != hash) {
+            return changed();
+        }
+        match self.unchanged_since_scan(entry) {
+            Ok(true) => {}
+            Ok(false) => return changed(),
+            Err(e) => {
+                return SourceEnd::Failed(format!(
+                    "{} vanished while being copied: {e}",
+                    entry.path
+                ))
+            }
+        }
+        let xattrs = if xattrs {
+            read_xattrs(&path, entry.kind).ok()
+        } else {
+            None
+        };
+        SourceEnd::Complete { hash, xattrs }
+    }
+
+    /// True when the file still has the size, mtime and inode it was scanned with.
+    fn unchanged_since_scan(&self, entry: &Entry) -> io::Result<bool> {
+        let path = entry.path.under(&self.root);
+        let meta = if self.follow_links.load(Ordering::Relaxed) {
+            fs::metadata(path)?
+        } else {
+            fs::symlink_metadata(path)?
+        };
+        Ok(meta.size() == entry.size
+            && meta.mtime() == entry.mtime.sec
+            && meta.mtime_nsec() as u32 == entry.mtime.nsec
+            && meta.ino() == entry.ino)
+    }
+
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
         OpFailure {
             path: path.clone(),
@@ -101,6 +240,10 @@ impl LocalEndpoint {
 impl Endpoint for LocalEndpoint {
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn is_remote(&self) -> bool {
+        false
     }
 
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError> {
@@ -286,114 +429,72 @@ impl Endpoint for LocalEndpoint {
             .collect())
     }
 
-    fn open_file(&self, entry: &Entry) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(File::open(entry.path.under(&self.root))?))
-    }
-
-    fn unchanged_since_scan(&self, entry: &Entry) -> io::Result<bool> {
-        let path = entry.path.under(&self.root);
-        let meta = if self.follow_links.load(Ordering::Relaxed) {
-            fs::metadata(path)?
-        } else {
-            fs::symlink_metadata(path)?
-        };
-        Ok(meta.size() == entry.size
-            && meta.mtime() == entry.mtime.sec
-            && meta.mtime_nsec() as u32 == entry.mtime.nsec
-            && meta.ino() == entry.ino)
-    }
-
-    fn read_xattrs(&self, entry: &Entry) -> io::Result<Xattrs> {
-        read_xattrs(&entry.path.under(&self.root), entry.kind)
-    }
-
-    fn apply(&self, op: &Op, xattrs: Option<&Xattrs>) -> Result<Applied, OpFailure> {
-        let done = |update: Option<SnapshotUpdate>, bytes: u64| Applied {
-            updates: update.into_iter().collect(),
-            bytes,
-        };
-        let tree = &self.tree;
-        match op {
-            Op::Rename { from, to } => tree
-                .rename(from, to)
-                .map(|()| {
-                    done(
-                        Some(SnapshotUpdate::Move {
-                            from: from.clone(),
-                            to: to.clone(),
-                        }),
-                        0,
-                    )
-                })
-                .map_err(|e| Self::failure(to, e)),
-            Op::RenameContent { from, entry } => {
-                let expected = self.current.read().unwrap().get(from).cloned();
-                let Some(expected) = expected else {
-                    return Err(Self::failure(&entry.path, ApplyError::Stale(from.clone())));
-                };
-                let new = tree
-                    .rename_content(from, &expected, entry, xattrs)
-                    .map_err(|e| Self::failure(&entry.path, e))?;
-                Ok(Applied {
-                    updates: vec![
-                        SnapshotUpdate::Remove(from.clone()),
-                        SnapshotUpdate::Upsert(new),
-                    ],
-                    bytes: 0,
-                })
-            }
-            Op::Delete { entry } => tree
-                .delete(entry)
-                .map(|()| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
-                .map_err(|e| Self::failure(&entry.path, e)),
-            Op::Mkdir { entry } => tree
-                .mkdir(entry)
-                .map(|()| done(None, 0))
-                .map_err(|e| Self::failure(&entry.path, e)),
-            Op::LocalCopy { from, entry } => tree
-                .local_copy(from, entry, xattrs)
-                .map(|(new, bytes)| done(Some(SnapshotUpdate::Upsert(new)), bytes))
-                .map_err(|e| Self::failure(&entry.path, e)),
-            Op::Symlink { entry } => tree
-                .symlink(entry, xattrs)
-                .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
-                .map_err(|e| Self::failure(&entry.path, e)),
-            Op::SetMeta { entry, .. } => {
-                let hash = self
-                    .current
-                    .read()
-                    .unwrap()
-                    .get(&entry.path)
-                    .and_then(|e| e.hash)
-                    .or(entry.hash);
-                tree.set_metadata(entry, xattrs, hash)
-                    .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
-                    .map_err(|e| Self::failure(&entry.path, e))
-            }
-            Op::Transfer { entry } => Err(OpFailure {
-                path: entry.path.clone(),
-                message: "a transfer needs data from the source".into(),
-                stale: false,
-                warning_only: false,
-            }),
-            Op::Record | Op::Keep => Ok(done(None, 0)),
-        }
-    }
-
-    fn write_file(
-        &self,
-        entry: &Entry,
-        xattrs: Option<&Xattrs>,
-        data: &mut dyn Read,
-        verify: &dyn Fn(&Hash) -> Result<(), String>,
-    ) -> Result<Applied, OpFailure> {
-        self.tree
-            .write_file(entry, xattrs, data, verify)
-            .map(|(new, bytes)| Applied {
-                updates: vec![SnapshotUpdate::Upsert(new)],
-                bytes,
+    fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError> {
+        Ok(paths
+            .par_iter()
+            .filter_map(|path| {
+                let abs = self.tree.checked_path(path).ok()?;
+                let mut file = File::open(abs).ok()?;
+                let size = file.metadata().ok()?.len();
+                let sig = signature(&mut file, size).ok()?;
+                Some((path.clone(), sig))
             })
-            .map_err(|e| Self::failure(&entry.path, e))
+            .collect())
+    }
+
+    fn read_xattrs(&self, entries: &[Entry]) -> Result<Vec<Option<Xattrs>>, EndpointError> {
+        Ok(entries
+            .iter()
+            .map(|e| read_xattrs(&e.path.under(&self.root), e.kind).ok())
+            .collect())
+    }
+
+    fn send_files(
+        &self,
+        jobs: Vec<FileJob>,
+        sink: &dyn FileSink,
+        xattrs: bool,
+        stop: &AtomicBool,
+    ) -> Result<(), EndpointError> {
+        let pool = file_pool();
+        pool.install(|| {
+            jobs.par_iter().for_each(|job| {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Some(mut writer) = sink.open(job) {
+                    let end = self.stream_file(job, writer.as_mut(), xattrs);
+                    writer.finish(end);
+                }
+            })
+        });
+        Ok(())
+    }
+
+    fn receive_files<'a>(&'a self, done: Done<'a>) -> Box<dyn FileSink + 'a> {
+        Box::new(LocalSink {
+            tree: &self.tree,
+            done,
+        })
+    }
+
+    fn apply(
+        &self,
+        ops: &[(Op, Option<Xattrs>)],
+        parallel: bool,
+    ) -> Result<Vec<Result<Applied, OpFailure>>, EndpointError> {
+        if parallel {
+            Ok(file_pool().install(|| {
+                ops.par_iter()
+                    .map(|(op, xattrs)| self.apply_one(op, xattrs.as_ref()))
+                    .collect()
+            }))
+        } else {
+            Ok(ops
+                .iter()
+                .map(|(op, xattrs)| self.apply_one(op, xattrs.as_ref()))
+                .collect())
+        }
     }
 
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
@@ -440,5 +541,118 @@ impl Endpoint for LocalEndpoint {
             summary,
         )?;
         Ok(())
+    }
+}
+
+/// The pool that file work runs on: I/O-bound, so more threads than cores.
+fn file_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = (2 * std::thread::available_parallelism().map_or(2, |n| n.get())).max(4);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("snapsync-file-{i}"))
+            .build()
+            .expect("a thread pool")
+    })
+}
+
+fn copy_to_writer(file: &mut File, writer: &mut dyn FileWriter) -> io::Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; LITERAL_CHUNK];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        writer.literal(&buf[..n])?;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Installs files arriving from a source into a local root.
+struct LocalSink<'a> {
+    tree: &'a LocalTree,
+    done: Done<'a>,
+}
+
+impl FileSink for LocalSink<'_> {
+    fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
+        match self.tree.begin_file(&job.entry, job.basis.is_some()) {
+            Ok(incoming) => Some(Box::new(LocalWriter {
+                id: job.id,
+                incoming: Some(incoming),
+                error: None,
+                done: Arc::clone(&self.done),
+            })),
+            Err(e) => {
+                (self.done)(job.id, Err(LocalEndpoint::failure(&job.entry.path, e)));
+                None
+            }
+        }
+    }
+
+    fn wait(&self) -> Result<(), EndpointError> {
+        Ok(())
+    }
+}
+
+struct LocalWriter<'a> {
+    id: u64,
+    incoming: Option<IncomingFile<'a>>,
+    /// The first write error; later data is ignored and the file fails.
+    error: Option<ApplyError>,
+    done: Done<'a>,
+}
+
+impl FileWriter for LocalWriter<'_> {
+    fn literal(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write(|incoming| incoming.literal(data))
+    }
+
+    fn copy(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.write(|incoming| incoming.copy(offset, len))
+    }
+
+    fn finish(mut self: Box<Self>, end: SourceEnd) {
+        let incoming = self.incoming.take().expect("finished once");
+        let path = incoming.path().clone();
+        let result = match (self.error.take(), end) {
+            (Some(error), _) => Err(LocalEndpoint::failure(&path, error)),
+            (None, SourceEnd::Failed(message)) => Err(OpFailure {
+                path,
+                message,
+                stale: false,
+                warning_only: false,
+            }),
+            (None, SourceEnd::Complete { hash, xattrs }) => incoming
+                .finish(&hash, xattrs.as_ref())
+                .map(|(entry, bytes)| Applied {
+                    updates: vec![SnapshotUpdate::Upsert(entry)],
+                    bytes,
+                })
+                .map_err(|e| LocalEndpoint::failure(&path, e)),
+        };
+        (self.done)(self.id, result);
+    }
+}
+
+impl LocalWriter<'_> {
+    fn write(
+        &mut self,
+        step: impl FnOnce(&mut IncomingFile) -> Result<(), ApplyError>,
+    ) -> io::Result<()> {
+        if self.error.is_some() {
+            return Err(io::Error::other("the target could not write this file"));
+        }
+        let incoming = self.incoming.as_mut().expect("open until finished");
+        step(incoming).map_err(|e| {
+            let message = e.to_string();
+            self.error = Some(e);
+            io::Error::other(message)
+        })
     }
 }

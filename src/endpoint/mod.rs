@@ -6,10 +6,15 @@
 pub mod local;
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
+use crate::delta::Signature;
 use crate::model::{Entry, Hash, RelPath};
 use crate::plan::Op;
 use crate::state::{SessionFacts, SnapshotUpdate, StateError};
@@ -17,14 +22,14 @@ use crate::state::{SessionFacts, SnapshotUpdate, StateError};
 pub use local::LocalEndpoint;
 
 /// Which way data flows through this endpoint in a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Source,
     Target,
 }
 
 /// What a session asks of an endpoint before it scans.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRequest {
     pub session: String,
     /// `push` or `pull`, as the session was started.
@@ -45,7 +50,7 @@ pub enum EndpointError {
 }
 
 /// An operation on one path that failed; the run goes on without it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpFailure {
     pub path: RelPath,
     pub message: String,
@@ -58,16 +63,61 @@ pub struct OpFailure {
 }
 
 /// What an applied operation leaves in the target's snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub updates: Vec<SnapshotUpdate>,
     /// Bytes of file data written.
     pub bytes: u64,
 }
 
+/// One file for the source to send: its entry as scanned, and when the
+/// target holds an older version worth a delta, that version's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileJob {
+    pub id: u64,
+    pub entry: Entry,
+    pub basis: Option<Signature>,
+}
+
+/// How the source ends a file it streamed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceEnd {
+    /// All data was sent; `hash` is the BLAKE3 of the whole content read,
+    /// which the target must match before installing the file.
+    Complete { hash: Hash, xattrs: Option<Xattrs> },
+    /// The source could not send a consistent version (unreadable, or it
+    /// changed while being read); the target discards what it got.
+    Failed(String),
+}
+
+/// Where each received file's result goes: the job id, and what it left in
+/// the target's snapshot or why it failed.
+pub type Done<'a> = Arc<dyn Fn(u64, Result<Applied, OpFailure>) + Send + Sync + 'a>;
+
+/// The receiving end of a file stream, on the target.
+pub trait FileSink: Send + Sync {
+    /// Starts a file. `None` when the target cannot take it (the failure has
+    /// been reported through the sink's `Done`).
+    fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>>;
+    /// Waits until every opened file has been reported.
+    fn wait(&self) -> Result<(), EndpointError>;
+}
+
+/// One file arriving: literal data and copies from the target's older
+/// version, in order, then the source's verdict.
+pub trait FileWriter: Send {
+    fn literal(&mut self, data: &[u8]) -> io::Result<()>;
+    fn copy(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn finish(self: Box<Self>, end: SourceEnd);
+}
+
 pub trait Endpoint: Send + Sync {
     /// How messages name this root.
     fn describe(&self) -> String;
+
+    /// True when data to or from this endpoint crosses a network, so that
+    /// deltas and compression pay off.
+    fn is_remote(&self) -> bool;
 
     /// Checks the root, takes the session's lock and opens its snapshot.
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError>;
@@ -81,27 +131,33 @@ pub trait Endpoint: Send + Sync {
     /// Paths whose content is known to have these hashes.
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError>;
 
-    /// Opens a file for reading, as the source of a transfer.
-    fn open_file(&self, entry: &Entry) -> io::Result<Box<dyn Read + Send>>;
+    /// Delta signatures of the files now at these paths.
+    fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError>;
 
-    /// True when the file still has the size, mtime and inode it was scanned with.
-    fn unchanged_since_scan(&self, entry: &Entry) -> io::Result<bool>;
+    /// The extended attributes of these entries (`None` where unreadable).
+    fn read_xattrs(&self, entries: &[Entry]) -> Result<Vec<Option<Xattrs>>, EndpointError>;
 
-    /// The extended attributes of a path, to replicate with `--xattrs`.
-    fn read_xattrs(&self, entry: &Entry) -> io::Result<Xattrs>;
-
-    /// Carries out one operation that needs no data from the other side.
-    fn apply(&self, op: &Op, xattrs: Option<&Xattrs>) -> Result<Applied, OpFailure>;
-
-    /// Writes a file from `data`; `verify` sees the hash of what was written
-    /// and may refuse before anything appears under the real name.
-    fn write_file(
+    /// Source role: reads each job's file and streams it into `sink`, as a
+    /// delta where the job carries a signature. Stops starting files once
+    /// `stop` is set.
+    fn send_files(
         &self,
-        entry: &Entry,
-        xattrs: Option<&Xattrs>,
-        data: &mut dyn Read,
-        verify: &dyn Fn(&Hash) -> Result<(), String>,
-    ) -> Result<Applied, OpFailure>;
+        jobs: Vec<FileJob>,
+        sink: &dyn FileSink,
+        xattrs: bool,
+        stop: &AtomicBool,
+    ) -> Result<(), EndpointError>;
+
+    /// Target role: a sink that installs arriving files, reporting each to `done`.
+    fn receive_files<'a>(&'a self, done: Done<'a>) -> Box<dyn FileSink + 'a>;
+
+    /// Carries out operations that need no data from the other side, in
+    /// order (or in parallel when `parallel`), one result per operation.
+    fn apply(
+        &self,
+        ops: &[(Op, Option<Xattrs>)],
+        parallel: bool,
+    ) -> Result<Vec<Result<Applied, OpFailure>>, EndpointError>;
 
     /// Writes snapshot rows, in one transaction.
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError>;
