@@ -201,7 +201,7 @@ impl LocalTree {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             basis,
             hasher: blake3::Hasher::new(),
-            written: 0,
+            literal_bytes: 0,
         })
     }
 
@@ -419,7 +419,7 @@ pub struct IncomingFile<'a> {
     file: Option<io::BufWriter<File>>,
     basis: Option<File>,
     hasher: blake3::Hasher,
-    written: u64,
+    literal_bytes: u64,
 }
 
 impl IncomingFile<'_> {
@@ -427,12 +427,18 @@ impl IncomingFile<'_> {
         &self.entry.path
     }
 
+    /// Appends data that travelled from the source.
     pub fn literal(&mut self, data: &[u8]) -> Result<(), ApplyError> {
+        self.append(data)?;
+        self.literal_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), ApplyError> {
         let file = self.file.as_mut().expect("open until finished");
         file.write_all(data)
             .map_err(io_error(format!("cannot write {}", self.entry.path)))?;
         self.hasher.update(data);
-        self.written += data.len() as u64;
         Ok(())
     }
 
@@ -454,7 +460,7 @@ impl IncomingFile<'_> {
             .map_err(io_error(format!(
                 "cannot read the previous version of {path}"
             )))?;
-        self.literal(&buf)
+        self.append(&buf)
     }
 
     /// The hash of what was written so far.
@@ -486,7 +492,7 @@ impl IncomingFile<'_> {
         self.tree.place(&self.tmp, &self.entry.path)?;
         self.tmp = PathBuf::new();
         let entry = self.tree.stat(&self.entry.path, Some(hash))?;
-        Ok((entry, self.written))
+        Ok((entry, self.literal_bytes))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod filter;
 pub mod model;
 pub mod plan;
+pub mod protocol;
 pub mod reconcile;
 pub mod scan;
 pub mod session;

@@ -1,0 +1,323 @@
+//! The wire protocol between `snapsync` and `snapsync serve`: frames and
+//! messages. It knows nothing of files, only of what travels.
+//!
+//! A frame is a 4-byte big-endian length, a 1-byte flag and a payload of at
+//! most [`MAX_FRAME`] bytes. A message is the bincode encoding of an
+//! [`Envelope`], carried by one frame, or split over several when large
+//! (flag [`MORE`] on all but the last), up to [`MAX_MESSAGE`] bytes. Anything
+//! else from the peer (a longer frame, an unknown flag, a message that does
+//! not decode, a path that would leave the root) ends the session with an
+//! error, never a panic.
+
+use std::io::{self, Read, Write};
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::apply::Xattrs;
+use crate::changes::{ChangeSet, DiffOptions};
+use crate::delta::Signature;
+use crate::endpoint::{Applied, FileJob, OpFailure, SessionRequest, SourceEnd};
+use crate::model::{Entry, Hash, Preserve, RelPath};
+use crate::plan::Op;
+use crate::state::{SessionFacts, SnapshotUpdate};
+
+/// Largest frame payload accepted.
+pub const MAX_FRAME: usize = 16 << 20;
+/// Largest message accepted (a change set of a very large tree).
+pub const MAX_MESSAGE: usize = 1 << 30;
+/// Flag: more frames of this message follow.
+pub const MORE: u8 = 1;
+/// Flag: the last (or only) frame of a message.
+pub const LAST: u8 = 0;
+
+/// Every message names the call it belongs to; 0 is for messages that
+/// answer no call (file results, and file data a near end pushes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub call: u64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Body {
+    /// First message each way: who speaks which protocol.
+    Hello {
+        protocol: u32,
+        version: String,
+    },
+
+    // Requests, near end to far end.
+    Open {
+        #[serde(with = "serde_bytes")]
+        root: Vec<u8>,
+        request: SessionRequest,
+        preserve: Preserve,
+    },
+    Scan(DiffOptions),
+    Lookup(Vec<RelPath>),
+    FindContent(Vec<Hash>),
+    Signatures(Vec<RelPath>),
+    ReadXattrs(Vec<Entry>),
+    Apply {
+        ops: Vec<(Op, Option<Xattrs>)>,
+        parallel: bool,
+    },
+    Commit(Vec<SnapshotUpdate>),
+    Finish {
+        complete: bool,
+        failures: Vec<(RelPath, String)>,
+        started: String,
+        summary: String,
+    },
+    /// The far end is the source: stream these files back, tagged with
+    /// this call, then [`Body::FilesDone`].
+    SendFiles {
+        jobs: Vec<FileJob>,
+        xattrs: bool,
+        compress: bool,
+    },
+    /// The far end is the target: answer once every file sent so far has
+    /// its [`Body::FileResult`].
+    SinkWait,
+
+    // Replies.
+    Opened(SessionFacts),
+    Scanned(ChangeSet),
+    Entries(Vec<Entry>),
+    Content(Vec<(Hash, Vec<RelPath>)>),
+    Signed(Vec<(RelPath, Signature)>),
+    Xattrs(Vec<Option<Xattrs>>),
+    Applied(Vec<Result<Applied, OpFailure>>),
+    Done,
+    /// The request failed as a whole; the text says why.
+    Failed(String),
+
+    // A file stream, either way.
+    FileOpen(FileJob),
+    FileData {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// zstd-compressed (`-z`).
+        compressed: bool,
+    },
+    FileCopy {
+        id: u64,
+        offset: u64,
+        len: u64,
+    },
+    FileEnd {
+        id: u64,
+        end: SourceEnd,
+    },
+    FileResult {
+        id: u64,
+        result: Result<Applied, OpFailure>,
+    },
+    FilesDone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the connection closed")]
+    Closed,
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the peer sent a frame of {0} bytes (the limit is {MAX_FRAME})")]
+    FrameTooLarge(usize),
+    #[error("the peer sent a message larger than {MAX_MESSAGE} bytes")]
+    MessageTooLarge,
+    #[error("the peer sent a frame with unknown flag {0}")]
+    BadFlag(u8),
+    #[error("the peer sent a message that does not decode: {0}")]
+    Malformed(String),
+}
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_MESSAGE as u64)
+}
+
+/// Encodes an envelope into frames and writes them.
+pub fn write_message(out: &mut dyn Write, envelope: &Envelope) -> Result<u64, ProtocolError> {
+    let bytes = codec()
+        .serialize(envelope)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(ProtocolError::MessageTooLarge);
+    }
+    let mut chunks = bytes.chunks(MAX_FRAME).peekable();
+    let mut written = 0u64;
+    if bytes.is_empty() {
+        out.write_all(&[0, 0, 0, 0, LAST])?;
+        return Ok(5);
+    }
+    while let Some(chunk) = chunks.next() {
+        let flag = if chunks.peek().is_some() { MORE } else { LAST };
+        out.write_all(&(chunk.len() as u32).to_be_bytes())?;
+        out.write_all(&[flag])?;
+        out.write_all(chunk)?;
+        written += 5 + chunk.len() as u64;
+    }
+    Ok(written)
+}
+
+/// Reads the frames of one message and decodes it.
+pub fn read_message(input: &mut dyn Read) -> Result<(Envelope, u64), ProtocolError> {
+    let mut message = Vec::new();
+    let mut read = 0u64;
+    loop {
+        let mut header = [0u8; 5];
+        if let Err(e) = input.read_exact(&mut header) {
+            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                ProtocolError::Closed
+            } else {
+                ProtocolError::Io(e)
+            });
+        }
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtocolError::FrameTooLarge(len));
+        }
+        if message.len() + len > MAX_MESSAGE {
+            return Err(ProtocolError::MessageTooLarge);
+        }
+        let start = message.len();
+        message.resize(start + len, 0);
+        input.read_exact(&mut message[start..]).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                ProtocolError::Malformed("the connection closed inside a frame".into())
+            } else {
+                ProtocolError::Io(e)
+            }
+        })?;
+        read += 5 + len as u64;
+        match header[4] {
+            LAST => break,
+            MORE => continue,
+            flag => return Err(ProtocolError::BadFlag(flag)),
+        }
+    }
+    let envelope = decode(&message)?;
+    Ok((envelope, read))
+}
+
+/// Decodes one message's bytes. Exposed for the fuzz target.
+pub fn decode(message: &[u8]) -> Result<Envelope, ProtocolError> {
+    codec()
+        .deserialize(message)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Reads messages from a byte stream, however the frames are cut. Exposed
+/// for the fuzz target: any input gives messages or an error, never a panic.
+pub fn decode_stream(mut bytes: &[u8]) -> Vec<Result<Envelope, ProtocolError>> {
+    let mut out = Vec::new();
+    loop {
+        if bytes.is_empty() {
+            return out;
+        }
+        let result = read_message(&mut bytes).map(|(envelope, _)| envelope);
+        let stop = result.is_err();
+        out.push(result);
+        if stop {
+            return out;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(body: Body) {
+        let envelope = Envelope { call: 7, body };
+        let mut wire = Vec::new();
+        write_message(&mut wire, &envelope).unwrap();
+        let (back, read) = read_message(&mut &wire[..]).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{envelope:?}"));
+        assert_eq!(read as usize, wire.len());
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        round_trip(Body::Hello {
+            protocol: 1,
+            version: "x".into(),
+        });
+        round_trip(Body::Lookup(vec![RelPath::new(b"a/b\xff").unwrap()]));
+        round_trip(Body::FileData {
+            id: 3,
+            data: vec![1, 2, 3],
+            compressed: false,
+        });
+        round_trip(Body::Failed("no".into()));
+    }
+
+    #[test]
+    fn large_messages_span_frames() {
+        round_trip(Body::FileData {
+            id: 1,
+            data: vec![7u8; MAX_FRAME * 2 + 5],
+            compressed: false,
+        });
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_reading_it() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&u32::MAX.to_be_bytes());
+        wire.push(LAST);
+        assert!(matches!(
+            read_message(&mut &wire[..]),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_and_garbage_input_is_an_error() {
+        let mut wire = Vec::new();
+        write_message(
+            &mut wire,
+            &Envelope {
+                call: 1,
+                body: Body::Done,
+            },
+        )
+        .unwrap();
+        for cut in 0..wire.len() {
+            assert!(read_message(&mut &wire[..cut]).is_err());
+        }
+        let garbage = [0u8, 0, 0, 4, LAST, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_message(&mut &garbage[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        let bad_flag = [0u8, 0, 0, 0, 9];
+        assert!(matches!(
+            read_message(&mut &bad_flag[..]),
+            Err(ProtocolError::BadFlag(9))
+        ));
+    }
+
+    #[test]
+    fn paths_leaving_the_root_do_not_decode() {
+        for bad in [&b"../etc/passwd"[..], b"/etc/passwd", b"a/\0b", b"a//b"] {
+            // A Lookup of one path, with the path's bytes replaced by `bad`.
+            let good = codec()
+                .serialize(&Envelope {
+                    call: 1,
+                    body: Body::Lookup(vec![RelPath::new(b"x").unwrap()]),
+                })
+                .unwrap();
+            // Same message with the one-byte path replaced by `bad`.
+            let prefix = &good[..good.len() - 9];
+            let mut message = prefix.to_vec();
+            message.extend_from_slice(&(bad.len() as u64).to_le_bytes());
+            message.extend_from_slice(bad);
+            assert!(decode(&message).is_err(), "{bad:?} decoded");
+        }
+    }
+}
