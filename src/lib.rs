@@ -16,6 +16,7 @@ pub mod plan;
 pub mod protocol;
 pub mod reconcile;
 pub mod scan;
+pub mod serve;
 pub mod session;
 pub mod state;
 

@@ -70,6 +70,10 @@ pub struct Summary {
     pub bytes_received: u64,
     pub files_scanned: u64,
     pub seconds: f64,
+    /// Bytes that crossed the network connection, each way (all messages,
+    /// not only file data); zero between local roots.
+    pub wire_sent: u64,
+    pub wire_received: u64,
 }
 
 pub struct Outcome {
@@ -154,6 +158,7 @@ pub fn run_replica(
         let mut summary = summary_from(counts, 0, options.direction, &failures);
         summary.files_scanned = files_scanned;
         summary.seconds = clock.elapsed().as_secs_f64();
+        (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
         return Ok(Outcome {
             summary,
             plan,
@@ -194,6 +199,7 @@ pub fn run_replica(
     );
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
+    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
     let record = serde_json::to_string(&summary).unwrap_or_default();
     target.finish(!interrupted, &failures, &started_at, &record)?;
     source.finish(!interrupted, &failures, &started_at, &record)?;
@@ -203,6 +209,12 @@ pub fn run_replica(
         failures,
         interrupted,
     })
+}
+
+fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
+    let (a_out, a_in) = a.wire_bytes();
+    let (b_out, b_in) = b.wire_bytes();
+    (a_out + b_out, a_in + b_in)
 }
 
 fn summary_from(
@@ -227,6 +239,8 @@ fn summary_from(
         bytes_received,
         files_scanned: 0,
         seconds: 0.0,
+        wire_sent: 0,
+        wire_received: 0,
     }
 }
 

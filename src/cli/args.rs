@@ -31,6 +31,8 @@ pub enum Command {
     Push(SyncArgs),
     /// Make LOCAL a replica of REMOTE (REMOTE -> LOCAL)
     Pull(SyncArgs),
+    /// The far end: speaks the protocol on stdin/stdout (started through --rsh)
+    Serve,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,7 +59,7 @@ impl From<Links> for LinkMode {
 pub struct SyncArgs {
     /// The local root (a directory)
     pub local: PathBuf,
-    /// The other root (a directory; created if missing when it is the target)
+    /// The other root: a directory, or [user@]host:path (created if missing when it is the target)
     pub remote: String,
 
     /// Session name; by default derived from both roots and the direction
@@ -101,6 +103,16 @@ pub struct SyncArgs {
     /// Decide "changed" by content hash, not size+mtime+inode
     #[arg(long)]
     pub checksum: bool,
+
+    /// Compress file data on the wire (zstd)
+    #[arg(short = 'z', long)]
+    pub compress: bool,
+    /// How to start the far end: COMMAND [ARGS], run as `CMD [user@]host <remote-command> serve`
+    #[arg(long, value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// The snapsync program on the far host
+    #[arg(long, value_name = "PATH", default_value = "snapsync")]
+    pub remote_command: String,
 
     /// Where this side keeps its state (default LOCAL/.snapsync)
     #[arg(long, value_name = "DIR")]

@@ -13,7 +13,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command, SyncArgs};
 use snapsync::changes::DiffOptions;
-use snapsync::endpoint::LocalEndpoint;
+use snapsync::endpoint::{ConnectOptions, Endpoint, LocalEndpoint, RemoteEndpoint, RemoteSpec};
 use snapsync::filter::{parse_filter_file, FilterError, Filters, RuleKind, RuleSpec};
 use snapsync::model::Preserve;
 use snapsync::reconcile::ReplicaOptions;
@@ -71,6 +71,7 @@ pub fn main() -> i32 {
             let sub = matches.subcommand_matches("pull").expect("pull matched");
             sync(Direction::Pull, &args, sub)
         }
+        Command::Serve => serve(),
     };
     match result {
         Ok(code) => code,
@@ -81,20 +82,27 @@ pub fn main() -> i32 {
     }
 }
 
+fn serve() -> Result<i32, Failure> {
+    snapsync::serve::serve(Box::new(std::io::stdin()), Box::new(std::io::stdout()))
+        .map(|()| EXIT_OK)
+        .map_err(|e| Failure::error(format!("serve: {e}")))
+}
+
 fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Result<i32, Failure> {
-    if looks_remote(&args.remote) {
-        return Err(Failure::error(format!(
-            "`{}` names a remote root (HOST:PATH), which this build cannot reach yet; give a local directory (write ./{} for a local path with a colon)",
-            args.remote, args.remote
-        )));
-    }
     let filters = filters_in_order(matches)?;
     let local = absolute(&args.local)?;
-    let remote = absolute(Path::new(&args.remote))?;
-    check_roots_apart(&local, &remote)?;
+    let remote_spec = RemoteSpec::parse(&args.remote);
+    let remote_path = match &remote_spec {
+        Some(_) => PathBuf::from(&args.remote),
+        None => {
+            let remote = absolute(Path::new(&args.remote))?;
+            check_roots_apart(&local, &remote)?;
+            remote
+        }
+    };
     let session = match &args.session {
         Some(name) => valid_session_name(name)?,
-        None => default_session_name(direction, &local, &remote),
+        None => default_session_name(direction, &local, &remote_path),
     };
     let preserve = Preserve {
         owner: args.owner,
@@ -119,7 +127,21 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         },
     };
     let local_end = LocalEndpoint::new(local, args.state_dir.clone(), preserve);
-    let remote_end = LocalEndpoint::new(remote, None, preserve);
+    let remote_end: Box<dyn Endpoint> = match remote_spec {
+        Some(spec) => Box::new(
+            RemoteEndpoint::connect(
+                spec,
+                &ConnectOptions {
+                    rsh: args.rsh.clone(),
+                    remote_command: args.remote_command.clone(),
+                    compress: args.compress,
+                },
+                preserve,
+            )
+            .map_err(|e| Failure::error(e.to_string()))?,
+        ),
+        None => Box::new(LocalEndpoint::new(remote_path, None, preserve)),
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -127,7 +149,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
             .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
     let printer = output::Printer::new(args);
-    let outcome = run_replica(&local_end, &remote_end, &options, &printer, &stop)
+    let outcome = run_replica(&local_end, remote_end.as_ref(), &options, &printer, &stop)
         .map_err(|e| Failure::error(e.to_string()))?;
     printer.finish(&outcome);
     Ok(if outcome.interrupted {
@@ -137,14 +159,6 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
     } else {
         EXIT_OK
     })
-}
-
-/// `HOST:PATH` as rsync reads it: a colon before the first slash.
-fn looks_remote(spec: &str) -> bool {
-    match spec.find(':') {
-        Some(colon) => !spec[..colon].contains('/') && colon > 0,
-        None => false,
-    }
 }
 
 /// The `--exclude`, `--include` and `--filter-from` rules in the order
@@ -265,15 +279,6 @@ fn default_session_name(direction: Direction, local: &Path, remote: &Path) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remote_specs_are_recognised_like_rsync() {
-        assert!(looks_remote("host:/srv"));
-        assert!(looks_remote("user@host:dir"));
-        assert!(!looks_remote("./a:b"));
-        assert!(!looks_remote("/tmp/a:b"));
-        assert!(!looks_remote("plain"));
-    }
 
     #[test]
     fn version_names_the_protocol() {

@@ -4,6 +4,7 @@
 //! `snapsync serve`) implements the same trait.
 
 pub mod local;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::io;
@@ -20,6 +21,7 @@ use crate::plan::Op;
 use crate::state::{SessionFacts, SnapshotUpdate, StateError};
 
 pub use local::LocalEndpoint;
+pub use remote::{ConnectOptions, RemoteEndpoint, RemoteSpec};
 
 /// Which way data flows through this endpoint in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,12 @@ pub trait Endpoint: Send + Sync {
     /// True when data to or from this endpoint crosses a network, so that
     /// deltas and compression pay off.
     fn is_remote(&self) -> bool;
+
+    /// Bytes this endpoint wrote to and read from a network connection so
+    /// far (zero for a local root).
+    fn wire_bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
 
     /// Checks the root, takes the session's lock and opens its snapshot.
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError>;

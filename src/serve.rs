@@ -1,0 +1,277 @@
+//! The far end: `snapsync serve` exposes one local root to a peer over its
+//! stdin and stdout. It answers requests in the order they come, installs
+//! files the peer pushes, and streams files the peer pulls. It exits, and
+//! its locks go with it, when its input closes.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, SourceEnd};
+use crate::protocol::{read_message, write_message, Body, Envelope, ProtocolError, MAX_FRAME};
+use crate::PROTOCOL_VERSION;
+
+type Output = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
+
+fn send(out: &Output, call: u64, body: Body, flush: bool) -> Result<(), ProtocolError> {
+    let mut writer = out.lock().unwrap();
+    write_message(&mut *writer, &Envelope { call, body })?;
+    if flush {
+        writer.flush()?;
+    }
+    Ok(())
+}
+
+/// Serves one session on `input`/`output` until the input ends.
+pub fn serve(
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+) -> Result<(), ProtocolError> {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    let out: Output = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, output)));
+
+    // Handshake: answer with our protocol whatever the peer speaks; it
+    // compares and reports a mismatch naming both.
+    match read_message(&mut input)?.0.body {
+        Body::Hello { .. } => send(
+            &out,
+            0,
+            Body::Hello {
+                protocol: PROTOCOL_VERSION,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            true,
+        )?,
+        _ => return Err(ProtocolError::Malformed("expected a hello".into())),
+    }
+
+    // Until a session is opened, only `Open` makes sense.
+    let endpoint = loop {
+        let (envelope, _) = match read_message(&mut input) {
+            Err(ProtocolError::Closed) => return Ok(()),
+            other => other?,
+        };
+        match envelope.body {
+            Body::Open {
+                root,
+                request,
+                preserve,
+            } => {
+                let endpoint =
+                    LocalEndpoint::new(PathBuf::from(OsStr::from_bytes(&root)), None, preserve);
+                match endpoint.open_session(&request) {
+                    Ok(facts) => {
+                        send(&out, envelope.call, Body::Opened(facts), true)?;
+                        break endpoint;
+                    }
+                    Err(e) => send(&out, envelope.call, Body::Failed(e.to_string()), true)?,
+                }
+            }
+            _ => send(
+                &out,
+                envelope.call,
+                Body::Failed("no session is open".into()),
+                true,
+            )?,
+        }
+    };
+    serve_session(&endpoint, &mut input, &out)
+}
+
+fn serve_session(
+    endpoint: &LocalEndpoint,
+    input: &mut dyn Read,
+    out: &Output,
+) -> Result<(), ProtocolError> {
+    let results = Arc::clone(out);
+    let done: Done = Arc::new(move |id, result| {
+        let _ = send(&results, 0, Body::FileResult { id, result }, false);
+    });
+    let sink = endpoint.receive_files(done);
+    let mut incoming: HashMap<u64, Box<dyn FileWriter + '_>> = HashMap::new();
+    let never = AtomicBool::new(false);
+    loop {
+        let (envelope, _) = match read_message(input) {
+            Err(ProtocolError::Closed) => return Ok(()),
+            other => other?,
+        };
+        let call = envelope.call;
+        let failed = |e: crate::endpoint::EndpointError| Body::Failed(e.to_string());
+        let reply = match envelope.body {
+            Body::Scan(options) => Some(endpoint.scan(&options).map_or_else(failed, Body::Scanned)),
+            Body::Lookup(paths) => Some(
+                endpoint
+                    .lookup(&paths)
+                    .map_or_else(failed, |map| Body::Entries(map.into_values().collect())),
+            ),
+            Body::FindContent(hashes) => Some(
+                endpoint
+                    .find_content(&hashes)
+                    .map_or_else(failed, |map| Body::Content(map.into_iter().collect())),
+            ),
+            Body::Signatures(paths) => Some(
+                endpoint
+                    .signatures(&paths)
+                    .map_or_else(failed, |map| Body::Signed(map.into_iter().collect())),
+            ),
+            Body::ReadXattrs(entries) => Some(
+                endpoint
+                    .read_xattrs(&entries)
+                    .map_or_else(failed, Body::Xattrs),
+            ),
+            Body::Apply { ops, parallel } => Some(
+                endpoint
+                    .apply(&ops, parallel)
+                    .map_or_else(failed, Body::Applied),
+            ),
+            Body::Commit(updates) => Some(
+                endpoint
+                    .commit(&updates)
+                    .map_or_else(failed, |()| Body::Done),
+            ),
+            Body::Finish {
+                complete,
+                failures,
+                started,
+                summary,
+            } => Some(
+                endpoint
+                    .finish(complete, &failures, &started, &summary)
+                    .map_or_else(failed, |()| Body::Done),
+            ),
+            Body::SendFiles {
+                jobs,
+                xattrs,
+                compress,
+            } => {
+                let wire = WireSink {
+                    out: Arc::clone(out),
+                    call,
+                    compress,
+                };
+                let sent = endpoint.send_files(jobs, &wire, xattrs, &never);
+                Some(sent.map_or_else(failed, |()| Body::FilesDone))
+            }
+            Body::FileOpen(job) => {
+                if let Some(writer) = sink.open(&job) {
+                    incoming.insert(job.id, writer);
+                }
+                None
+            }
+            Body::FileData {
+                id,
+                data,
+                compressed,
+            } => {
+                if let Some(writer) = incoming.get_mut(&id) {
+                    let data = if compressed {
+                        zstd::bulk::decompress(&data, MAX_FRAME).map_err(|e| {
+                            ProtocolError::Malformed(format!("undecodable compressed data: {e}"))
+                        })?
+                    } else {
+                        data
+                    };
+                    let _ = writer.literal(&data);
+                }
+                None
+            }
+            Body::FileCopy { id, offset, len } => {
+                if let Some(writer) = incoming.get_mut(&id) {
+                    let _ = writer.copy(offset, len);
+                }
+                None
+            }
+            Body::FileEnd { id, end } => {
+                if let Some(writer) = incoming.remove(&id) {
+                    writer.finish(end);
+                }
+                None
+            }
+            Body::SinkWait => Some(Body::Done),
+            Body::Open { .. } => Some(Body::Failed("a session is already open".into())),
+            other => {
+                return Err(ProtocolError::Malformed(format!(
+                    "unexpected message {}",
+                    format!("{other:?}").chars().take(60).collect::<String>()
+                )))
+            }
+        };
+        if let Some(reply) = reply {
+            send(out, call, reply, true)?;
+        }
+    }
+}
+
+/// Streams files to the peer, tagged with the call that asked for them.
+struct WireSink {
+    out: Output,
+    call: u64,
+    compress: bool,
+}
+
+impl FileSink for WireSink {
+    fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
+        send(&self.out, self.call, Body::FileOpen(job.clone()), false).ok()?;
+        Some(Box::new(WireWriter {
+            sink: self,
+            id: job.id,
+        }))
+    }
+
+    fn wait(&self) -> Result<(), crate::endpoint::EndpointError> {
+        Ok(())
+    }
+}
+
+struct WireWriter<'a> {
+    sink: &'a WireSink,
+    id: u64,
+}
+
+impl FileWriter for WireWriter<'_> {
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let (data, compressed) = if self.sink.compress {
+            (zstd::bulk::compress(data, 3)?, true)
+        } else {
+            (data.to_vec(), false)
+        };
+        send(
+            &self.sink.out,
+            self.sink.call,
+            Body::FileData {
+                id: self.id,
+                data,
+                compressed,
+            },
+            false,
+        )
+        .map_err(std::io::Error::other)
+    }
+
+    fn copy(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        send(
+            &self.sink.out,
+            self.sink.call,
+            Body::FileCopy {
+                id: self.id,
+                offset,
+                len,
+            },
+            false,
+        )
+        .map_err(std::io::Error::other)
+    }
+
+    fn finish(self: Box<Self>, end: SourceEnd) {
+        let _ = send(
+            &self.sink.out,
+            self.sink.call,
+            Body::FileEnd { id: self.id, end },
+            false,
+        );
+    }
+}
