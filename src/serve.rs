@@ -36,7 +36,12 @@ pub fn serve(
 
     // Handshake: answer with our protocol whatever the peer speaks; it
     // compares and reports a mismatch naming both.
-    match read_message(&mut input)?.0.body {
+    let first = match read_message(&mut input) {
+        // Closed before a word: nothing to do.
+        Err(ProtocolError::Closed) => return Ok(()),
+        other => other?,
+    };
+    match first.0.body {
         Body::Hello { .. } => send(
             &out,
             0,

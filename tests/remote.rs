@@ -1,0 +1,364 @@
+//! push and pull with one root behind `snapsync serve`, reached through a
+//! local `--rsh` shim (drops the host, runs the rest here), so the protocol
+//! is covered without sshd. `tests/ssh.rs` runs the same through real sshd.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Remote {
+    tmp: tempfile::TempDir,
+    shim: PathBuf,
+}
+
+impl Remote {
+    fn new() -> Self {
+        Self::with_shim("#!/bin/sh\n# Drops the host; runs the rest here.\nshift\nexec \"$@\"\n")
+    }
+
+    fn with_shim(script: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let shim = tmp.path().join("rsh.sh");
+        fs::write(&shim, script).unwrap();
+        fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+        Remote { tmp, shim }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn spec(&self, path: &Path) -> String {
+        format!("far.example:{}", path.display())
+    }
+
+    fn command(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> Command {
+        self.command_with(&bin(), verb, local, remote, extra)
+    }
+
+    fn command_with(
+        &self,
+        far_program: &Path,
+        verb: &str,
+        local: &Path,
+        remote: &Path,
+        extra: &[&str],
+    ) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg(verb)
+            .arg("--rsh")
+            .arg(&self.shim)
+            .arg("--remote-command")
+            .arg(far_program)
+            .args(extra)
+            .arg(local)
+            .arg(self.spec(remote));
+        cmd
+    }
+
+    fn run(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> Output {
+        self.command(verb, local, remote, extra)
+            .output()
+            .expect("run snapsync")
+    }
+
+    fn json(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(verb, local, remote, &args);
+        assert_code(&out, 0);
+        summary(&out)
+    }
+}
+
+fn sample_tree(root: &Path) {
+    generate_tree(root, 21, 120, 0, 40_000);
+    write(root, "top.txt", b"top");
+    link(root, "link", "top.txt");
+    fs::create_dir_all(root.join("empty")).unwrap();
+    chmod(root, "top.txt", 0o600);
+    set_mtime(root, "top.txt", 1_234_567_890, 987_654_321);
+    fs::write(
+        root.join(std::ffi::OsStr::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"n\xe4me"),
+        )),
+        b"bytes",
+    )
+    .unwrap();
+}
+
+#[test]
+fn push_to_a_remote_root_replicates_the_tree() {
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    fs::create_dir(&src).unwrap();
+    sample_tree(&src);
+    let s = r.json("push", &src, &dst, &[]);
+    assert_same_tree(&src, &dst);
+    assert!(count(&s, "bytes_sent") > 0);
+    assert!(count(&s, "wire_sent") >= count(&s, "bytes_sent"));
+    // Both sides keep their own snapshot.
+    assert!(dst.join(".snapsync").is_dir() && src.join(".snapsync").is_dir());
+}
+
+#[test]
+fn pull_from_a_remote_root_replicates_the_tree() {
+    let r = Remote::new();
+    let (remote, local) = (r.path("remote"), r.path("local"));
+    fs::create_dir(&remote).unwrap();
+    sample_tree(&remote);
+    let s = r.json("pull", &local, &remote, &[]);
+    assert_same_tree(&remote, &local);
+    assert!(count(&s, "bytes_received") > 0);
+    assert_eq!(count(&s, "bytes_sent"), 0);
+    // Changes on the far side arrive, renames as renames.
+    fs::rename(remote.join("d3"), remote.join("d3-renamed")).unwrap();
+    write(&remote, "new/file", b"fresh");
+    fs::remove_file(remote.join("top.txt")).unwrap();
+    let s = r.json("pull", &local, &remote, &[]);
+    assert_same_tree(&remote, &local);
+    assert_eq!(count(&s, "renamed"), 1, "{s}");
+    assert_eq!(count(&s, "bytes_received"), 5, "{s}");
+}
+
+#[test]
+fn no_change_rerun_moves_only_a_few_kilobytes() {
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    generate_tree(&src, 5, 3000, 10, 200);
+    r.json("push", &src, &dst, &[]);
+    let s = r.json("push", &src, &dst, &[]);
+    assert_eq!(count(&s, "bytes_sent"), 0);
+    let wire = count(&s, "wire_sent") + count(&s, "wire_received");
+    assert!(wire < 8 * 1024, "a no-change run moved {wire} bytes: {s}");
+    // The same for pull.
+    let back = r.path("back");
+    r.json("pull", &back, &src, &[]);
+    let s = r.json("pull", &back, &src, &[]);
+    let wire = count(&s, "wire_sent") + count(&s, "wire_received");
+    assert!(wire < 8 * 1024, "a no-change pull moved {wire} bytes: {s}");
+}
+
+fn big_file(len: usize, seed: u64) -> Vec<u8> {
+    // Random 64 KiB blocks chosen by a seeded generator: fast to make, and
+    // no two blocks alike.
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let block = rng.bytes(4096);
+        out.extend_from_slice(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn modified_large_file_travels_as_a_delta_both_ways() {
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    let mut data = big_file(64 << 20, 3);
+    write(&src, "big.bin", &data);
+    r.json("push", &src, &dst, &[]);
+    data[10_000_000..10_004_096].copy_from_slice(&Rng::new(99).bytes(4096));
+    write(&src, "big.bin", &data);
+    let s = r.json("push", &src, &dst, &[]);
+    assert_eq!(read(&dst, "big.bin"), data);
+    let sent = count(&s, "bytes_sent");
+    assert!(sent < 1 << 20, "sent {sent} bytes for a 4 KiB change");
+    assert!(count(&s, "wire_sent") < 2 << 20, "{s}");
+
+    // Pull: the near end is the target and describes its version.
+    data[50_000_000..50_004_096].copy_from_slice(&Rng::new(98).bytes(4096));
+    write(&src, "big.bin", &data);
+    let s = r.json("pull", &dst, &src, &["-N", "back"]);
+    assert_eq!(read(&dst, "big.bin"), data);
+    let received = count(&s, "bytes_received");
+    assert!(
+        received < 1 << 20,
+        "received {received} bytes for a 4 KiB change"
+    );
+}
+
+#[test]
+fn compression_shrinks_what_crosses_the_wire() {
+    let r = Remote::new();
+    let src = r.path("src");
+    let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
+        .iter()
+        .cycle()
+        .take(2 << 20)
+        .copied()
+        .collect();
+    write(&src, "a.txt", &text);
+    write(&src, "b.txt", &text[..1 << 20]);
+    let plain = r.json("push", &src, &r.path("plain"), &[]);
+    let packed = r.json("push", &src, &r.path("packed"), &["-z"]);
+    assert_same_tree(&src, &r.path("packed"));
+    assert!(
+        count(&packed, "wire_sent") * 10 < count(&plain, "wire_sent"),
+        "-z: {packed} vs {plain}"
+    );
+}
+
+#[test]
+fn missing_far_end_program_is_named() {
+    let r = Remote::new();
+    let src = r.path("src");
+    write(&src, "f", b"1");
+    let missing = Path::new("/no/such/snapsync");
+    let out = r
+        .command_with(missing, "push", &src, &r.path("dst"), &[])
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("--remote-command"), "{err}");
+    assert!(!r.path("dst").exists());
+}
+
+#[test]
+fn far_end_closing_during_handshake_is_an_error() {
+    let r = Remote::with_shim("#!/bin/sh\nexit 0\n");
+    let src = r.path("src");
+    write(&src, "f", b"1");
+    let out = r.run("push", &src, &r.path("dst"), &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("handshake"), "{}", stderr(&out));
+}
+
+#[test]
+fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
+    // The shim records the far end's pid (exec keeps it).
+    let r = Remote::with_shim("#!/bin/sh\nshift\necho $$ > \"$FAR_PID_FILE\"\nexec \"$@\"\n");
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    for i in 0..40 {
+        write(&src, &format!("f{i:02}.bin"), &big_file(4 << 20, i));
+    }
+    let pid_file = r.path("far.pid");
+    let mut child = r
+        .command("push", &src, &dst, &["--json"])
+        .env("FAR_PID_FILE", &pid_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the far end once some files have arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let arrived = fs::read_dir(&dst)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
+                    .count()
+            })
+            .unwrap_or(0);
+        if arrived >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no file arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: sends SIGKILL to the far end this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("connection"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+    // Every file under a real name is complete.
+    let mut complete = 0u64;
+    let mut complete_bytes = 0u64;
+    for entry in fs::read_dir(&dst).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".snapsync") {
+            continue;
+        }
+        assert_eq!(
+            fs::read(entry.path()).unwrap(),
+            read(&src, &name),
+            "{name} is partial"
+        );
+        complete += 1;
+        complete_bytes += entry.metadata().unwrap().len();
+    }
+    assert!(complete >= 3 && complete < 40, "{complete} files complete");
+    let s = r.json("push", &src, &dst, &[]);
+    assert_same_tree(&src, &dst);
+    let total: u64 = 40 * (4 << 20);
+    assert!(
+        count(&s, "bytes_sent") <= total - complete_bytes,
+        "re-sent finished files: {s}"
+    );
+}
+
+#[test]
+fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    fs::create_dir(&dst).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dst.clone());
+    write(&src, "small", b"fits");
+    write(&src, "large1", &big_file(2 << 20, 1));
+    write(&src, "large2", &big_file(2 << 20, 2));
+    let out = r.run("push", &src, &dst, &["--json"]);
+    assert_code(&out, 3);
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    assert_eq!(read(&dst, "small"), b"fits");
+    for name in ["large1", "large2"] {
+        if let Ok(data) = fs::read(dst.join(name)) {
+            assert_eq!(data, read(&src, name), "{name} is partial");
+        }
+    }
+    let leftovers: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".snapsync-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn serve_exits_when_its_input_closes() {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
