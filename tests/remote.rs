@@ -241,7 +241,7 @@ fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
         write(&src, &format!("f{i:02}.bin"), &big_file(4 << 20, i));
     }
     let pid_file = r.path("far.pid");
-    let mut child = r
+    let child = r
         .command("push", &src, &dst, &["--json"])
         .env("FAR_PID_FILE", &pid_file)
         .stdout(Stdio::piped())
@@ -291,7 +291,7 @@ fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
         complete += 1;
         complete_bytes += entry.metadata().unwrap().len();
     }
-    assert!(complete >= 3 && complete < 40, "{complete} files complete");
+    assert!((3..40).contains(&complete), "{complete} files complete");
     let s = r.json("push", &src, &dst, &[]);
     assert_same_tree(&src, &dst);
     let total: u64 = 40 * (4 << 20);
