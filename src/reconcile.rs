@@ -33,11 +33,12 @@ pub struct ReplicaInput<'a> {
     pub target_content: &'a HashMap<Hash, Vec<RelPath>>,
 }
 
-/// Paths whose current state the planner needs from each side, besides
-/// their change sets: every changed path and its parent directories.
-pub fn paths_to_look_up(source: &ChangeSet, target: &ChangeSet) -> Vec<RelPath> {
+/// Paths whose current state the planner needs from `side`: every path
+/// either side changed, and their parent directories, except those `side`'s
+/// own change set already describes.
+pub fn paths_to_look_up(side: &ChangeSet, other: &ChangeSet) -> Vec<RelPath> {
     let mut paths = BTreeSet::new();
-    for change in source.changes.iter().chain(&target.changes) {
+    for change in side.changes.iter().chain(&other.changes) {
         let mut path = Some(change.path.clone());
         while let Some(p) = path {
             if p.is_root() || !paths.insert(p.clone()) {
@@ -46,7 +47,10 @@ pub fn paths_to_look_up(source: &ChangeSet, target: &ChangeSet) -> Vec<RelPath> 
             path = p.parent();
         }
     }
-    paths.into_iter().collect()
+    paths
+        .into_iter()
+        .filter(|p| side.get(p).is_none())
+        .collect()
 }
 
 /// Content hashes of the files the source created or changed: the target is

@@ -136,9 +136,8 @@ pub fn run_replica(
         }
     }
 
-    let wanted = paths_to_look_up(&source_set, &target_set);
-    let source_now = source.lookup(&wanted)?;
-    let target_now = target.lookup(&wanted)?;
+    let source_now = source.lookup(&paths_to_look_up(&source_set, &target_set))?;
+    let target_now = target.lookup(&paths_to_look_up(&target_set, &source_set))?;
     let content = target.find_content(&hashes_wanted(&source_set))?;
     let plan = plan_replica(
         &ReplicaInput {
