@@ -8,6 +8,11 @@ missing=()
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+# tests/ssh.rs starts its own sshd on a loopback port and syncs through ssh;
+# rsync is there for comparisons.
+{ command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd; } || missing+=(openssh-server)
+{ command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1; } || missing+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${missing[*]}; run as root to install them" >&2

@@ -446,21 +446,31 @@ impl IncomingFile<'_> {
     pub fn copy(&mut self, offset: u64, len: u64) -> Result<(), ApplyError> {
         use std::os::unix::fs::FileExt;
         let path = self.entry.path.clone();
-        let Some(basis) = self.basis.as_ref() else {
+        let Some(basis) = self.basis.take() else {
             return Err(ApplyError::Verify(format!(
                 "{path}: the sender referred to a previous version that was not offered"
             )));
         };
-        if len > crate::delta::LITERAL_CHUNK as u64 * 4 {
-            return Err(ApplyError::Verify(format!("{path}: delta block too large")));
+        // A run of blocks may be long: copy it a chunk at a time.
+        let chunk = crate::delta::LITERAL_CHUNK as u64;
+        let mut buf = vec![0u8; len.min(chunk) as usize];
+        let mut done = 0u64;
+        let mut result = Ok(());
+        while done < len {
+            let n = (len - done).min(chunk) as usize;
+            result = basis
+                .read_exact_at(&mut buf[..n], offset + done)
+                .map_err(io_error(format!(
+                    "cannot read the previous version of {path}"
+                )))
+                .and_then(|()| self.append(&buf[..n]));
+            if result.is_err() {
+                break;
+            }
+            done += n as u64;
         }
-        let mut buf = vec![0u8; len as usize];
-        basis
-            .read_exact_at(&mut buf, offset)
-            .map_err(io_error(format!(
-                "cannot read the previous version of {path}"
-            )))?;
-        self.append(&buf)
+        self.basis = Some(basis);
+        result
     }
 
     /// The hash of what was written so far.

@@ -108,7 +108,7 @@ pub struct DiffOptions {
 /// change set and the current tree, in which unchanged entries carry the
 /// hash the snapshot recorded.
 pub fn diff(
-    snapshot: Vec<Entry>,
+    snapshot: impl IntoIterator<Item = Entry>,
     mut scan: Vec<Entry>,
     unreadable: Vec<(RelPath, String)>,
     options: &DiffOptions,

@@ -139,6 +139,40 @@ pub fn delta(
     signature: &Signature,
     emit: &mut dyn FnMut(DeltaOp) -> io::Result<()>,
 ) -> io::Result<[u8; 32]> {
+    // Runs of adjacent blocks travel as one copy.
+    let mut pending: Option<(u64, u64)> = None;
+    let mut emit = |op: DeltaOp| -> io::Result<()> {
+        match op {
+            DeltaOp::Copy { offset, len } => match pending.as_mut() {
+                Some((start, run)) if *start + *run == offset => {
+                    *run += len;
+                    Ok(())
+                }
+                _ => {
+                    if let Some((start, run)) = pending.replace((offset, len)) {
+                        emit(DeltaOp::Copy {
+                            offset: start,
+                            len: run,
+                        })?;
+                    }
+                    Ok(())
+                }
+            },
+            DeltaOp::Literal(data) => {
+                if let Some((start, run)) = pending.take() {
+                    emit(DeltaOp::Copy {
+                        offset: start,
+                        len: run,
+                    })?;
+                }
+                if data.is_empty() {
+                    Ok(())
+                } else {
+                    emit(DeltaOp::Literal(data))
+                }
+            }
+        }
+    };
     let bs = signature.block_size as usize;
     let mut index: HashMap<u32, Vec<u32>> = HashMap::new();
     for (i, block) in signature.blocks.iter().enumerate() {
@@ -237,9 +271,8 @@ pub fn delta(
             lit = 0;
         }
     }
-    if pos > lit {
-        emit(DeltaOp::Literal(&buf[lit..pos]))?;
-    }
+    // Flushes a pending copy, then any literal tail.
+    emit(DeltaOp::Literal(&buf[lit..pos]))?;
     Ok(*hasher.finalize().as_bytes())
 }
 
@@ -330,5 +363,20 @@ mod tests {
         let old = data(11, 1 << 20);
         let (_, literal) = rebuild(&old, &old);
         assert_eq!(literal, 0);
+    }
+
+    #[test]
+    fn adjacent_blocks_travel_as_one_copy() {
+        let old = data(12, 1 << 20);
+        let mut new = old.clone();
+        new[500_000] ^= 1;
+        let sig = signature(&mut &old[..], old.len() as u64).unwrap();
+        let mut ops = 0;
+        delta(&mut &new[..], &sig, &mut |_| {
+            ops += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert!(ops <= 3, "{ops} ops for one changed byte");
     }
 }

@@ -148,10 +148,22 @@ impl TryFrom<FilterSpecs> for Filters {
     }
 }
 
+/// Longest filter pattern accepted, in bytes: longer than any path, and short
+/// enough that its matcher always compiles (globset panics when a pattern's
+/// regex outgrows its size limit, as one of 150,000 `?` does).
+pub const MAX_PATTERN: usize = 4096;
+
 impl Filters {
     pub fn new(specs: &[RuleSpec]) -> Result<Self, FilterError> {
         let mut rules = Vec::with_capacity(specs.len());
         for spec in specs {
+            if spec.pattern.len() > MAX_PATTERN {
+                let start: String = spec.pattern.chars().take(40).collect();
+                return Err(FilterError::BadPattern {
+                    pattern: format!("{start}..."),
+                    reason: format!("longer than {MAX_PATTERN} bytes"),
+                });
+            }
             let mut pattern = spec.pattern.as_str();
             let dir_only = pattern.len() > 1 && pattern.ends_with('/');
             if dir_only {
@@ -274,6 +286,19 @@ mod tests {
 
     fn p(s: &[u8]) -> RelPath {
         RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlong_patterns_are_refused_not_compiled() {
+        let spec = |pattern: String| RuleSpec {
+            kind: RuleKind::Exclude,
+            pattern,
+        };
+        assert!(Filters::new(&[spec("?".repeat(MAX_PATTERN))]).is_ok());
+        assert!(matches!(
+            Filters::new(&[spec("?".repeat(300_000))]),
+            Err(FilterError::BadPattern { .. })
+        ));
     }
 
     #[test]

@@ -262,67 +262,40 @@ impl SessionDb {
 
     /// Every snapshot row, in byte order of path.
     pub fn load_entries(&self) -> Result<Vec<Entry>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
-                        hash, link_target, xattr_hash
-                 FROM entries ORDER BY path",
-            )
-            .map_err(self.corrupt())?;
-        let rows = stmt
-            .query_map([], |row| {
-                let path: Vec<u8> = row.get(0)?;
-                let kind: i64 = row.get(1)?;
-                let hash: Option<Vec<u8>> = row.get(10)?;
-                let xattr_hash: Option<Vec<u8>> = row.get(12)?;
-                Ok((
-                    path,
-                    kind,
-                    RawEntry {
-                        size: row.get::<_, i64>(2)? as u64,
-                        sec: row.get(3)?,
-                        nsec: row.get::<_, i64>(4)? as u32,
-                        mode: row.get::<_, i64>(5)? as u32,
-                        uid: row.get::<_, i64>(6)? as u32,
-                        gid: row.get::<_, i64>(7)? as u32,
-                        dev: row.get::<_, i64>(8)? as u64,
-                        ino: row.get::<_, i64>(9)? as u64,
-                        hash,
-                        link_target: row.get(11)?,
-                        xattr_hash,
-                    },
-                ))
-            })
-            .map_err(self.corrupt())?;
         let mut entries = Vec::new();
-        for row in rows {
-            let (path, kind, raw) = row.map_err(self.corrupt())?;
-            let bad = |what: &str| StateError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("snapshot row has {what}"),
-            };
-            let path = RelPath::new(&path).map_err(|e| bad(&e.to_string()))?;
-            let kind = Kind::from_code(kind).ok_or_else(|| bad("an unknown kind"))?;
-            entries.push(Entry {
-                path,
-                kind,
-                size: raw.size,
-                mtime: Mtime {
-                    sec: raw.sec,
-                    nsec: raw.nsec,
-                },
-                mode: raw.mode,
-                uid: raw.uid,
-                gid: raw.gid,
-                dev: raw.dev,
-                ino: raw.ino,
-                hash: to_hash(raw.hash).map_err(|_| bad("a malformed hash"))?,
-                link_target: raw.link_target,
-                xattr_hash: to_hash(raw.xattr_hash).map_err(|_| bad("a malformed hash"))?,
-            });
-        }
+        read_entries(&self.conn, &self.path, &mut |entry| {
+            entries.push(entry);
+            true
+        })?;
         Ok(entries)
+    }
+
+    /// Streams every snapshot row, in byte order of path, from a second
+    /// (read-only) connection on a thread of its own, so the rows are never
+    /// all in memory at once. A read error arrives as the last item.
+    pub fn stream_entries(&self) -> crossbeam_channel::Receiver<Result<Entry, StateError>> {
+        let (tx, rx) = crossbeam_channel::bounded(4096);
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            let conn = match Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = tx.send(Err(StateError::Corrupt {
+                        path,
+                        detail: e.to_string(),
+                    }));
+                    return;
+                }
+            };
+            let result = read_entries(&conn, &path, &mut |entry| tx.send(Ok(entry)).is_ok());
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        rx
     }
 
     pub fn entry_count(&self) -> Result<u64, StateError> {
@@ -449,6 +422,86 @@ impl SessionDb {
             .map_err(self.corrupt())?;
         Ok(())
     }
+}
+
+/// Reads snapshot rows in path order, handing each to `each` until it
+/// returns false.
+fn read_entries(
+    conn: &Connection,
+    db_path: &Path,
+    each: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), StateError> {
+    let corrupt = |e: rusqlite::Error| StateError::Corrupt {
+        path: db_path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut stmt = conn
+        .prepare(
+            "SELECT path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
+                    hash, link_target, xattr_hash
+             FROM entries ORDER BY path",
+        )
+        .map_err(corrupt)?;
+    let mut rows = stmt.query([]).map_err(corrupt)?;
+    while let Some(row) = rows.next().map_err(corrupt)? {
+        let entry = row_to_entry(row).map_err(corrupt)?;
+        let bad = |what: String| StateError::Corrupt {
+            path: db_path.to_path_buf(),
+            detail: format!("snapshot row has {what}"),
+        };
+        let entry = entry.map_err(bad)?;
+        if !each(entry) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+type RowResult = Result<Entry, String>;
+
+fn row_to_entry(row: &rusqlite::Row) -> Result<RowResult, rusqlite::Error> {
+    let path: Vec<u8> = row.get(0)?;
+    let kind: i64 = row.get(1)?;
+    let raw = RawEntry {
+        size: row.get::<_, i64>(2)? as u64,
+        sec: row.get(3)?,
+        nsec: row.get::<_, i64>(4)? as u32,
+        mode: row.get::<_, i64>(5)? as u32,
+        uid: row.get::<_, i64>(6)? as u32,
+        gid: row.get::<_, i64>(7)? as u32,
+        dev: row.get::<_, i64>(8)? as u64,
+        ino: row.get::<_, i64>(9)? as u64,
+        hash: row.get(10)?,
+        link_target: row.get(11)?,
+        xattr_hash: row.get(12)?,
+    };
+    let path = match RelPath::new(&path) {
+        Ok(path) => path,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let Some(kind) = Kind::from_code(kind) else {
+        return Ok(Err("an unknown kind".into()));
+    };
+    let (Ok(hash), Ok(xattr_hash)) = (to_hash(raw.hash), to_hash(raw.xattr_hash)) else {
+        return Ok(Err("a malformed hash".into()));
+    };
+    Ok(Ok(Entry {
+        path,
+        kind,
+        size: raw.size,
+        mtime: Mtime {
+            sec: raw.sec,
+            nsec: raw.nsec,
+        },
+        mode: raw.mode,
+        uid: raw.uid,
+        gid: raw.gid,
+        dev: raw.dev,
+        ino: raw.ino,
+        hash,
+        link_target: raw.link_target,
+        xattr_hash,
+    }))
 }
 
 struct RawEntry {

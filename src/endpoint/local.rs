@@ -29,9 +29,8 @@ pub struct LocalEndpoint {
     state_dir: PathBuf,
     tree: LocalTree,
     session: Mutex<Option<OpenSession>>,
-    /// The tree as scanned, with known hashes.
-    current: RwLock<HashMap<RelPath, Entry>>,
-    content: OnceLock<HashMap<Hash, Vec<RelPath>>>,
+    /// The tree as scanned, with known hashes, sorted by path.
+    current: RwLock<Vec<Entry>>,
     /// `--links follow`: files are read, and re-checked, through links.
     follow_links: AtomicBool,
 }
@@ -57,8 +56,7 @@ impl LocalEndpoint {
             root,
             state_dir,
             session: Mutex::new(None),
-            current: RwLock::new(HashMap::new()),
-            content: OnceLock::new(),
+            current: RwLock::new(Vec::new()),
             follow_links: AtomicBool::new(false),
         }
     }
@@ -112,7 +110,7 @@ impl LocalEndpoint {
                 })
                 .map_err(|e| Self::failure(to, e)),
             Op::RenameContent { from, entry } => {
-                let expected = self.current.read().unwrap().get(from).cloned();
+                let expected = self.current_entry(from);
                 let Some(expected) = expected else {
                     return Err(Self::failure(&entry.path, ApplyError::Stale(from.clone())));
                 };
@@ -145,10 +143,7 @@ impl LocalEndpoint {
                 .map_err(|e| Self::failure(&entry.path, e)),
             Op::SetMeta { entry, .. } => {
                 let hash = self
-                    .current
-                    .read()
-                    .unwrap()
-                    .get(&entry.path)
+                    .current_entry(&entry.path)
                     .and_then(|e| e.hash)
                     .or(entry.hash);
                 tree.set_metadata(entry, xattrs, hash)
@@ -225,6 +220,15 @@ impl LocalEndpoint {
             && meta.mtime() == entry.mtime.sec
             && meta.mtime_nsec() as u32 == entry.mtime.nsec
             && meta.ino() == entry.ino)
+    }
+
+    /// The scanned entry at `path`, if any.
+    fn current_entry(&self, path: &RelPath) -> Option<Entry> {
+        let current = self.current.read().unwrap();
+        current
+            .binary_search_by(|e| e.path.cmp(path))
+            .ok()
+            .map(|i| current[i].clone())
     }
 
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
@@ -325,14 +329,14 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
+        // Snapshot rows stream in from the database while the tree is walked.
         let (missing_root, dry_run, snapshot) = self.with_session(|s| {
             let snapshot = match (&s.db, s.ignore_snapshot) {
-                (Some(db), false) => db.load_entries(),
-                _ => Ok(Vec::new()),
+                (Some(db), false) => Some(db.stream_entries()),
+                _ => None,
             };
             (s.missing_root, s.request.dry_run, snapshot)
         })?;
-        let snapshot = snapshot?;
         let mut options = options.clone();
         self.follow_links
             .store(options.links == LinkMode::Follow, Ordering::Relaxed);
@@ -364,13 +368,28 @@ impl Endpoint for LocalEndpoint {
                     .collect(),
             );
         }
-        let worth = sizes_worth_hashing(
-            snapshot
-                .iter()
-                .filter(|e| e.kind == Kind::File)
-                .map(|e| (e.size, e.hash.is_some())),
-        );
-        let (mut set, current) = diff(snapshot, scanned.entries, scanned.unreadable, &options);
+        let mut sizes = Vec::new();
+        let mut read_error = None;
+        let rows = snapshot
+            .iter()
+            .flat_map(|rx| rx.iter())
+            .map_while(|row| match row {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    read_error = Some(e);
+                    None
+                }
+            })
+            .inspect(|e| {
+                if e.kind == Kind::File {
+                    sizes.push((e.size, e.hash.is_some()));
+                }
+            });
+        let (mut set, mut current) = diff(rows, scanned.entries, scanned.unreadable, &options);
+        if let Some(error) = read_error {
+            return Err(error.into());
+        }
+        let worth = sizes_worth_hashing(sizes.into_iter());
         if !options.checksum {
             self.hash_entries(
                 set.changes
@@ -381,11 +400,11 @@ impl Endpoint for LocalEndpoint {
             );
         }
         detect_renames(&mut set);
-        let mut current: HashMap<RelPath, Entry> =
-            current.into_iter().map(|e| (e.path.clone(), e)).collect();
         for change in &set.changes {
             if let Some(after) = &change.after {
-                current.insert(after.path.clone(), after.clone());
+                if let Ok(i) = current.binary_search_by(|e| e.path.cmp(&after.path)) {
+                    current[i].hash = after.hash;
+                }
             }
         }
         *self.current.write().unwrap() = current;
@@ -401,32 +420,26 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError> {
-        let current = self.current.read().unwrap();
         Ok(paths
             .iter()
-            .filter_map(|p| current.get(p).map(|e| (p.clone(), e.clone())))
+            .filter_map(|p| self.current_entry(p).map(|e| (p.clone(), e)))
             .collect())
     }
 
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError> {
-        let index = self.content.get_or_init(|| {
-            let mut index: HashMap<Hash, Vec<RelPath>> = HashMap::new();
-            for entry in self.current.read().unwrap().values() {
-                if let (Kind::File, Some(hash)) = (entry.kind, entry.hash) {
-                    index.entry(hash).or_default().push(entry.path.clone());
+        let wanted: HashSet<&Hash> = hashes.iter().collect();
+        let mut found: HashMap<Hash, Vec<RelPath>> = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        for entry in self.current.read().unwrap().iter() {
+            if let (Kind::File, Some(hash)) = (entry.kind, &entry.hash) {
+                if wanted.contains(hash) {
+                    found.entry(*hash).or_default().push(entry.path.clone());
                 }
             }
-            for paths in index.values_mut() {
-                paths.sort();
-            }
-            index
-        });
-        let wanted: HashSet<&Hash> = hashes.iter().collect();
-        Ok(index
-            .iter()
-            .filter(|(hash, _)| wanted.contains(hash))
-            .map(|(hash, paths)| (*hash, paths.clone()))
-            .collect())
+        }
+        Ok(found)
     }
 
     fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError> {

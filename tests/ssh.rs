@@ -1,0 +1,527 @@
+//! push and pull through a real ssh connection: each test starts its own
+//! sshd on a free loopback port, with host and client keys generated in a
+//! temporary directory, and points `--rsh` at it. The far end is this build's
+//! binary, started by sshd as `<binary> serve`.
+//!
+//! Needs openssh-server and openssh-client; `scripts/test.sh` installs them
+//! (as root). Without them these tests fail, saying so.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The longest one snapsync run may take before the test gives up on it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A private sshd on 127.0.0.1, killed when dropped.
+struct Sshd {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    user: String,
+}
+
+/// The absolute path of a program, searching `PATH` and then `extra`.
+fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .filter(|candidate| candidate.is_absolute())
+}
+
+#[track_caller]
+fn require_program(name: &str, package: &str, extra: &[&str]) -> PathBuf {
+    find_program(name, extra).unwrap_or_else(|| {
+        panic!(
+            "`{name}` is missing, so the ssh tests cannot run: run ./scripts/test.sh as root \
+             (it installs {package}), or `apt-get install {package}`"
+        )
+    })
+}
+
+fn run_tool(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    assert!(out.status.success(), "id -un failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let sshd = require_program("sshd", "openssh-server", &["/usr/sbin", "/usr/local/sbin"]);
+        require_program("ssh", "openssh-client", &[]);
+        let keygen = require_program("ssh-keygen", "openssh-client", &[]);
+
+        let dir = tempfile::tempdir().unwrap();
+        for (key, comment) in [
+            ("host_key", "snapsync-test-host"),
+            ("client_key", "snapsync-test"),
+        ] {
+            run_tool(
+                Command::new(&keygen)
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                    .arg(dir.path().join(key)),
+            );
+        }
+        fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+
+        let user = current_user();
+        if user == "root" {
+            // The privilege separation directory, which sshd insists on
+            // when it runs as root; the package makes it only at boot.
+            let _ = fs::create_dir_all("/run/sshd");
+        }
+
+        // Another test may take the port between our probe and sshd's bind:
+        // then sshd exits at once and we try another.
+        let log_path = dir.path().join("sshd.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            fs::write(&config, sshd_config(dir.path(), port)).unwrap();
+            let log = fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(&sshd)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", sshd.display()));
+            match wait_ready(&mut child, port, &log_path) {
+                Ok(()) => {
+                    return Sshd {
+                        dir,
+                        child,
+                        port,
+                        user,
+                    }
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = fs::read_to_string(&log_path).unwrap_or_default();
+                    if !log.contains("Address already in use") {
+                        panic!("sshd {why}; its log:\n{log}");
+                    }
+                }
+            }
+        }
+        panic!("sshd found no free port in 5 tries");
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// The `--rsh` command reaching this sshd.
+    fn rsh(&self) -> String {
+        let port = self.port.to_string();
+        let key = self.dir.path().join("client_key");
+        shell_words::join([
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            &port,
+            "-i",
+            key.to_str().unwrap(),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+    }
+
+    /// `user@127.0.0.1:/abs/path`.
+    fn remote(&self, path: &Path) -> String {
+        assert!(path.is_absolute(), "remote roots are absolute here");
+        format!("{}@127.0.0.1:{}", self.user, path.display())
+    }
+
+    /// Runs `snapsync VERB [--rsh ...] EXTRA LOCAL user@127.0.0.1:REMOTE`.
+    fn snapsync(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(bin());
+        cmd.arg(verb)
+            .arg("--rsh")
+            .arg(self.rsh())
+            .arg("--remote-command")
+            .arg(bin())
+            .args(extra)
+            .arg(local)
+            .arg(self.remote(remote))
+            .env_remove("SNAPSYNC_LOG");
+        let out = run_bounded(cmd);
+        if out.status.code() != Some(0) {
+            eprintln!("sshd log:\n{}", self.log());
+        }
+        out
+    }
+
+    /// Runs with `--json`, expecting success, and returns the summary.
+    #[track_caller]
+    fn json(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let out = self.snapsync(verb, local, remote, &args);
+        assert_code(&out, 0);
+        let s = summary(&out);
+        assert_eq!(count(&s, "errors"), 0, "{s}");
+        s
+    }
+}
+
+/// Waits until this sshd listens on `port` (its log says so: a port shared
+/// by accident with another test's sshd would accept connections too) and
+/// accepts connections; or says why not.
+fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listening = format!("Server listening on 127.0.0.1 port {port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}) before listening on port {port}"));
+        }
+        if fs::read_to_string(log).is_ok_and(|log| log.contains(&listening))
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("did not listen on port {port} within 10 s"))
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd_config(dir: &Path, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        r#"ListenAddress 127.0.0.1
+Port {port}
+HostKey "{dir}/host_key"
+AuthorizedKeysFile "{dir}/authorized_keys"
+PidFile "{dir}/sshd.pid"
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+AllowAgentForwarding no
+AllowTcpForwarding no
+PermitTTY no
+MaxStartups 64
+LogLevel INFO
+"#
+    )
+}
+
+/// Runs a command with its output captured, killing it after
+/// [`RUN_TIMEOUT`] so a stuck connection fails the test instead of hanging.
+fn run_bounded(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run snapsync");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for snapsync") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "snapsync did not finish within {RUN_TIMEOUT:?}: {cmd:?}\nstderr so far: {}",
+                String::from_utf8_lossy(&err_reader.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// Local and remote roots under one temporary directory (absolute paths).
+fn roots() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let remote = tmp.path().join("remote");
+    fs::create_dir(&local).unwrap();
+    (tmp, local, remote)
+}
+
+/// Files, nested and empty directories, links, odd modes and exact mtimes.
+fn varied_tree(root: &Path) {
+    generate_tree(root, 11, 60, 0, 30_000);
+    write(root, "top.txt", b"hello over ssh\n");
+    write(root, "a/b/c/deep.bin", &Rng::new(3).bytes(200_000));
+    write(root, "name with spaces & 'quotes'", b"shell-hostile name");
+    fs::create_dir_all(root.join("empty/dir")).unwrap();
+    link(root, "link-to-top", "top.txt");
+    link(root, "a/dangling", "../no/such/target");
+    chmod(root, "top.txt", 0o640);
+    chmod(root, "a/b", 0o750);
+    write(root, "bin/tool", b"#!/bin/sh\necho hi\n");
+    chmod(root, "bin/tool", 0o755);
+    set_mtime(root, "top.txt", 1_000_000_000, 123_456_789);
+    set_mtime(root, "link-to-top", 1_100_000_000, 5);
+    set_mtime(root, "a/b/c/deep.bin", 1_300_000_000, 999_999_999);
+    set_mtime(root, "empty/dir", 1_200_000_000, 42);
+}
+
+#[test]
+fn push_then_pull_over_ssh_replicate_the_tree() {
+    let sshd = Sshd::start();
+    let (tmp, local, _) = roots();
+    // The far root's name goes through the protocol, not the remote shell.
+    let remote = tmp.path().join("far root $(touch pwned) 'q' ; x");
+    varied_tree(&local);
+
+    let s = sshd.json("push", &local, &remote, &[]);
+    assert_same_tree(&local, &remote);
+    assert!(count(&s, "created") >= 70, "{s}");
+    assert!(count(&s, "bytes_sent") > 200_000, "{s}");
+    assert!(count(&s, "wire_sent") >= count(&s, "bytes_sent"), "{s}");
+    assert!(count(&s, "wire_received") > 0, "{s}");
+
+    // Back into an empty directory, from the far side.
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let s = sshd.json("pull", &back, &remote, &[]);
+    assert_same_tree(&remote, &back);
+    assert_same_tree(&local, &back);
+    assert_eq!(count(&s, "bytes_sent"), 0, "{s}");
+    assert!(count(&s, "bytes_received") > 200_000, "{s}");
+    assert!(
+        count(&s, "wire_received") >= count(&s, "bytes_received"),
+        "{s}"
+    );
+    assert!(!tmp.path().join("pwned").exists() && !Path::new("pwned").exists());
+}
+
+#[test]
+fn unchanged_rerun_over_ssh_moves_only_a_few_kilobytes() {
+    let sshd = Sshd::start();
+    let (tmp, local, remote) = roots();
+    generate_tree(&local, 5, 2000, 0, 600);
+    let s = sshd.json("push", &local, &remote, &[]);
+    assert!(count(&s, "created") >= 2000, "{s}");
+    assert_same_tree(&local, &remote);
+
+    let before = identities(&remote);
+    let s = sshd.json("push", &local, &remote, &[]);
+    assert_eq!(count(&s, "bytes_sent"), 0, "{s}");
+    let wire = count(&s, "wire_sent") + count(&s, "wire_received");
+    assert!(
+        wire < 64 * 1024,
+        "an unchanged push moved {wire} bytes: {s}"
+    );
+    for key in ["created", "updated", "deleted", "renamed", "copied"] {
+        assert_eq!(count(&s, key), 0, "{key}: {s}");
+    }
+    assert_same_tree(&local, &remote);
+    assert!(before == identities(&remote), "the far tree was touched");
+
+    // The same for a pull session, once it has run.
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    sshd.json("pull", &back, &remote, &[]);
+    let s = sshd.json("pull", &back, &remote, &[]);
+    assert_eq!(count(&s, "bytes_received"), 0, "{s}");
+    let wire = count(&s, "wire_sent") + count(&s, "wire_received");
+    assert!(
+        wire < 64 * 1024,
+        "an unchanged pull moved {wire} bytes: {s}"
+    );
+    assert_same_tree(&remote, &back);
+}
+
+/// Overwrites `len` bytes at `at` with other bytes, keeping the size.
+fn scribble(root: &Path, rel: &str, at: usize, len: usize, seed: u64) {
+    let mut content = read(root, rel);
+    content[at..at + len].copy_from_slice(&Rng::new(seed).bytes(len));
+    write(root, rel, &content);
+}
+
+#[test]
+fn a_small_change_to_a_large_file_travels_as_a_delta_both_ways() {
+    const SIZE: usize = 8 << 20;
+    const MIB: u64 = 1 << 20;
+    let sshd = Sshd::start();
+    let (tmp, local, remote) = roots();
+    write(&local, "big.bin", &Rng::new(21).bytes(SIZE));
+    write(&local, "small.txt", b"small");
+    let s = sshd.json("push", &local, &remote, &[]);
+    assert_eq!(count(&s, "bytes_sent"), SIZE as u64 + 5, "{s}");
+
+    // 4 KiB changed in the middle, off any block boundary.
+    scribble(&local, "big.bin", 3 * (1 << 20) + 1234, 4096, 22);
+    set_mtime(&local, "big.bin", 1_500_000_000, 7);
+    let s = sshd.json("push", &local, &remote, &[]);
+    assert_same_tree(&local, &remote);
+    assert_eq!(count(&s, "updated"), 1, "{s}");
+    assert!(count(&s, "bytes_sent") < MIB, "not a delta: {s}");
+    assert!(count(&s, "wire_sent") < MIB, "not a delta: {s}");
+    assert!(count(&s, "wire_received") < MIB, "{s}");
+
+    // And the other way: change the far copy and pull it into a replica.
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    sshd.json("pull", &back, &remote, &[]);
+    scribble(&remote, "big.bin", 6 * (1 << 20) + 77, 4096, 23);
+    set_mtime(&remote, "big.bin", 1_600_000_000, 8);
+    let s = sshd.json("pull", &back, &remote, &[]);
+    assert_same_tree(&remote, &back);
+    assert_eq!(count(&s, "updated"), 1, "{s}");
+    assert!(count(&s, "bytes_received") < MIB, "not a delta: {s}");
+    assert!(count(&s, "wire_received") < MIB, "not a delta: {s}");
+    assert!(count(&s, "wire_sent") < MIB, "{s}");
+}
+
+#[test]
+fn compression_over_ssh_replicates_and_shrinks_what_crosses_the_wire() {
+    let sshd = Sshd::start();
+    let (tmp, local, remote) = roots();
+    // Compressible text, plus incompressible noise and the usual variety.
+    for i in 0..40 {
+        let line = format!("line {i}: the quick brown fox jumps over the lazy dog\n");
+        write(
+            &local,
+            &format!("text/t{i}.txt"),
+            line.repeat(2000).as_bytes(),
+        );
+    }
+    varied_tree(&local);
+
+    let s = sshd.json("push", &local, &remote, &["-z"]);
+    assert_same_tree(&local, &remote);
+    let (data, wire) = (count(&s, "bytes_sent"), count(&s, "wire_sent"));
+    assert!(
+        wire < data / 2,
+        "-z sent {wire} bytes on the wire for {data}: {s}"
+    );
+
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let s = sshd.json("pull", &back, &remote, &["-z"]);
+    assert_same_tree(&remote, &back);
+    let (data, wire) = (count(&s, "bytes_received"), count(&s, "wire_received"));
+    assert!(
+        wire < data / 2,
+        "-z received {wire} bytes on the wire for {data}: {s}"
+    );
+
+    // An update with -z, then an unchanged run.
+    write(&local, "text/t3.txt", b"rewritten");
+    let s = sshd.json("push", &local, &remote, &["-z"]);
+    assert_eq!(count(&s, "updated"), 1, "{s}");
+    assert_same_tree(&local, &remote);
+    let s = sshd.json("push", &local, &remote, &["-z"]);
+    assert_eq!(count(&s, "bytes_sent"), 0, "{s}");
+}
+
+#[test]
+fn a_missing_remote_command_is_reported_not_hung_on() {
+    let sshd = Sshd::start();
+    let (_tmp, local, remote) = roots();
+    write(&local, "f", b"x");
+    let mut cmd = Command::new(bin());
+    cmd.arg("push")
+        .arg("--rsh")
+        .arg(sshd.rsh())
+        .arg("--remote-command")
+        .arg("/nonexistent/snapsync")
+        .arg(&local)
+        .arg(sshd.remote(&remote));
+    let out = run_bounded(cmd);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("not found") && err.contains("--remote-command"),
+        "{err}"
+    );
+    assert!(!remote.exists());
+}
+
+#[test]
+fn a_refused_key_is_reported_not_hung_on() {
+    let sshd = Sshd::start();
+    let (_tmp, local, remote) = roots();
+    write(&local, "f", b"x");
+    // Nobody is authorized any more: ssh fails (BatchMode: no prompt).
+    fs::write(sshd.dir.path().join("authorized_keys"), b"").unwrap();
+    let out = sshd.snapsync("push", &local, &remote, &[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert!(!remote.exists());
+}
