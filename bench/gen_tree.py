@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Deterministic test trees for bench/compare.sh.
+"""Deterministic test trees for bench/compare.sh and bench/ssh.sh.
 
-  gen_tree.py gen    DIR --files N [--seed S]     create a fresh tree in DIR
+  gen_tree.py gen    DIR --files N [--seed S] [--flat]
+                                                 create a fresh tree in DIR
+                                                 (--flat: all files in DIR)
   gen_tree.py modify DIR --percent P [--seed S]   rewrite P% of the files
+  gen_tree.py patch  FILE --count C --size B [--seed S]
+                                                 overwrite C blocks of B bytes
   gen_tree.py manifest DIR [--ignore NAME]        print a listing (see below)
   gen_tree.py compare SRC DST [--ignore NAME]     exit 1 if DST != SRC
 
@@ -43,7 +47,11 @@ def leaf_dirs(n_files):
     return out
 
 
-def file_paths(n_files):
+def file_paths(n_files, flat=False):
+    if flat:
+        for i in range(n_files):
+            yield "f%06d.bin" % i
+        return
     leaves = leaf_dirs(n_files)
     for i in range(n_files):
         yield os.path.join(leaves[i // FILES_PER_DIR], "f%06d.bin" % i)
@@ -56,7 +64,7 @@ def cmd_gen(args):
     rng = random.Random(args.seed)
     made = set()
     total = 0
-    for rel in file_paths(args.files):
+    for rel in file_paths(args.files, args.flat):
         d = os.path.join(root, os.path.dirname(rel))
         if d not in made:
             os.makedirs(d, exist_ok=True)
@@ -90,6 +98,27 @@ def cmd_modify(args):
             with open(path, "wb") as f:
                 f.write(rng.randbytes(rng.randint(MIN_SIZE, MAX_SIZE)))
     print(f"modified {count} files")
+
+
+def cmd_patch(args):
+    """Overwrite COUNT blocks of SIZE bytes of FILE in place (same file
+    size) with new pseudo-random bytes: block k starts at a seeded offset
+    inside the k-th of COUNT equal slices of the file, so the blocks are
+    spread out, do not overlap and are not aligned to any block size."""
+    size = os.path.getsize(args.file)
+    slice_len = size // args.count
+    if slice_len < args.size:
+        sys.exit(f"gen_tree: {args.file} is too small for {args.count} blocks of {args.size}")
+    rng = random.Random(args.seed)
+    offsets = []
+    with open(args.file, "r+b") as f:
+        for k in range(args.count):
+            off = k * slice_len + rng.randrange(slice_len - args.size + 1)
+            f.seek(off)
+            f.write(rng.randbytes(args.size))
+            offsets.append(off)
+    print(f"patched {args.count} x {args.size} bytes at offsets "
+          + " ".join(str(o) for o in offsets))
 
 
 def hash_file(path):
@@ -168,11 +197,18 @@ def main():
     g.add_argument("dir")
     g.add_argument("--files", type=int, default=100000)
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--flat", action="store_true",
+                   help="put every file directly in DIR")
     m = sub.add_parser("modify")
     m.add_argument("dir")
     m.add_argument("--files", type=int, default=100000)
     m.add_argument("--percent", type=float, default=1.0)
     m.add_argument("--seed", type=int, default=1)
+    pa = sub.add_parser("patch")
+    pa.add_argument("file")
+    pa.add_argument("--count", type=int, default=3)
+    pa.add_argument("--size", type=int, default=1 << 20)
+    pa.add_argument("--seed", type=int, default=1)
     l = sub.add_parser("manifest")
     l.add_argument("dir")
     l.add_argument("--ignore", default=".snapsync")
@@ -182,8 +218,8 @@ def main():
     c.add_argument("--ignore", default=".snapsync")
     c.add_argument("--src-manifest", help="use this saved manifest for SRC")
     args = p.parse_args()
-    {"gen": cmd_gen, "modify": cmd_modify, "manifest": cmd_manifest,
-     "compare": cmd_compare}[args.cmd](args)
+    {"gen": cmd_gen, "modify": cmd_modify, "patch": cmd_patch,
+     "manifest": cmd_manifest, "compare": cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,17 @@ impl Observer for Printer {
 }
 
 fn summary_line(s: &Summary, dry_run: bool) -> String {
+    let wire = if s.wire_sent + s.wire_received > 0 {
+        format!(
+            "; on the wire {} out, {} in",
+            human_bytes(s.wire_sent),
+            human_bytes(s.wire_received)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}created {}, updated {}, deleted {}, renamed {}, copied {}, conflicts {}, errors {}; sent {}, received {}; scanned {} entries in {:.2}s",
+        "{}created {}, updated {}, deleted {}, renamed {}, copied {}, conflicts {}, errors {}; sent {}, received {}{wire}; scanned {} entries in {:.2}s",
         if dry_run { "dry run: would have " } else { "" },
         s.created,
         s.updated,
