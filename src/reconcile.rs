@@ -33,6 +33,39 @@ pub struct ReplicaInput<'a> {
     pub target_content: &'a HashMap<Hash, Vec<RelPath>>,
 }
 
+/// True when `path` lies strictly inside a directory the source renamed
+/// (at its old place).
+fn under_source_rename(path: &RelPath, source: &ChangeSet) -> bool {
+    source
+        .renames
+        .iter()
+        .any(|r| r.kind == Kind::Dir && path.starts_with(&r.from) && *path != r.from)
+}
+
+/// True when `path` lies strictly inside a directory the source renamed
+/// (at its new place).
+fn inside_renamed_directory(path: &RelPath, source: &ChangeSet) -> bool {
+    source
+        .renames
+        .iter()
+        .any(|r| r.kind == Kind::Dir && path.starts_with(&r.to) && *path != r.to)
+}
+
+/// Paths whose current state the planner needs from the target: every path
+/// either side changed, and their parent directories, except those the
+/// target's own change set describes, and those inside a directory the
+/// source renamed: at the old place the target still holds them as both
+/// snapshots recorded them (else its change set would say so), so the
+/// source's record stands in for them; at the new place the target holds
+/// nothing yet (the rename brings them). A renamed directory so costs a few
+/// bytes, not a round of entries per file.
+pub fn target_paths_to_look_up(source: &ChangeSet, target: &ChangeSet) -> Vec<RelPath> {
+    paths_to_look_up(target, source)
+        .into_iter()
+        .filter(|p| !under_source_rename(p, source) && !inside_renamed_directory(p, source))
+        .collect()
+}
+
 /// Paths whose current state the planner needs from `side`: every path
 /// either side changed, and their parent directories, except those `side`'s
 /// own change set already describes.
@@ -54,11 +87,19 @@ pub fn paths_to_look_up(side: &ChangeSet, other: &ChangeSet) -> Vec<RelPath> {
 }
 
 /// Content hashes of the files the source created or changed: the target is
-/// asked where it already holds them.
+/// asked where it already holds them. Files that moved along with a renamed
+/// directory are left out: the rename brings them.
 pub fn hashes_wanted(source: &ChangeSet) -> Vec<Hash> {
+    let moved_into: Vec<&RelPath> = source
+        .renames
+        .iter()
+        .filter(|r| r.kind == Kind::Dir)
+        .map(|r| &r.to)
+        .collect();
     let mut hashes: Vec<Hash> = source
         .changes
         .iter()
+        .filter(|c| !moved_into.iter().any(|to| c.path.starts_with(to)))
         .filter_map(|c| c.after.as_ref())
         .filter(|e| e.kind == Kind::File)
         .filter_map(|e| e.hash)
@@ -99,13 +140,21 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         .map(|path| {
             let now = match input.target.get(path) {
                 Some(change) => change.after.clone(),
-                None => input.target_now.get(path).cloned(),
+                None => input.target_now.get(path).cloned().or_else(|| {
+                    // Not asked of the target (see `paths_to_look_up`): it
+                    // holds, unchanged, what the source's snapshot recorded.
+                    under_source_rename(path, input.source)
+                        .then(|| input.source.get(path).and_then(|c| c.before.clone()))
+                        .flatten()
+                }),
             };
             (path.clone(), now)
         })
         .collect();
     let mut items = Vec::new();
     let mut moves: Vec<(RelPath, RelPath)> = Vec::new();
+    // Paths whose target rows the rename's own snapshot move already settles.
+    let mut settled_by_move: HashSet<RelPath> = HashSet::new();
 
     for rename in &input.source.renames {
         let from = translate(&rename.from, &moves);
@@ -133,6 +182,10 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         for path in moved {
             let entry = actual.insert(path.clone(), None).flatten();
             let new_path = path.rebase(&from, &rename.to).expect("under from");
+            if input.target.get(&path).is_none() {
+                settled_by_move.insert(path.clone());
+                settled_by_move.insert(new_path.clone());
+            }
             let entry = entry.map(|mut e| {
                 e.path = new_path.clone();
                 e
@@ -287,12 +340,12 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         };
         match decision {
             Decision::Same => {
-                items.push(item(
-                    Op::Record,
-                    false,
-                    source_update(&path),
-                    target_now_update(&path, have),
-                ));
+                let target_update = if settled_by_move.contains(&path) {
+                    None
+                } else {
+                    target_now_update(&path, have)
+                };
+                items.push(item(Op::Record, false, source_update(&path), target_update));
             }
             Decision::Keep => {
                 // The target's row is dropped, so the kept difference shows

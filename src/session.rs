@@ -18,7 +18,8 @@ use crate::endpoint::{
 use crate::model::{Entry, Kind, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
-    hashes_wanted, paths_to_look_up, plan_replica, ReplicaInput, ReplicaOptions,
+    hashes_wanted, paths_to_look_up, plan_replica, target_paths_to_look_up, ReplicaInput,
+    ReplicaOptions,
 };
 use crate::state::{chrono_like_now, SnapshotUpdate};
 
@@ -137,7 +138,7 @@ pub fn run_replica(
     }
 
     let source_now = source.lookup(&paths_to_look_up(&source_set, &target_set))?;
-    let target_now = target.lookup(&paths_to_look_up(&target_set, &source_set))?;
+    let target_now = target.lookup(&target_paths_to_look_up(&source_set, &target_set))?;
     let content = target.find_content(&hashes_wanted(&source_set))?;
     let plan = plan_replica(
         &ReplicaInput {
@@ -382,6 +383,21 @@ impl Run<'_> {
                 }
             }
         }
+        // Nothing to do on disk: settled here, never sent to the target.
+        ready.retain(|(item, op)| {
+            if matches!(op, Op::Record | Op::Keep) {
+                self.settle(
+                    item,
+                    Applied {
+                        updates: Vec::new(),
+                        bytes: 0,
+                    },
+                );
+                false
+            } else {
+                true
+            }
+        });
         if ready.is_empty() {
             return outcome;
         }

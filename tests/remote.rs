@@ -362,3 +362,26 @@ fn serve_exits_when_its_input_closes() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn renamed_directory_costs_a_few_bytes_on_the_wire() {
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    let mut size = 0u64;
+    for i in 0..1000u64 {
+        let data = Rng::new(i).bytes(2000 + (i as usize * 37) % 14000);
+        size += data.len() as u64;
+        write(&src, &format!("album/photo{i}.jpg"), &data);
+    }
+    r.json("push", &src, &dst, &[]);
+    fs::rename(src.join("album"), src.join("album-2024")).unwrap();
+    let s = r.json("push", &src, &dst, &[]);
+    assert_same_tree(&src, &dst);
+    assert_eq!(count(&s, "renamed"), 1, "{s}");
+    assert_eq!(count(&s, "bytes_sent"), 0, "{s}");
+    let wire = count(&s, "wire_sent") + count(&s, "wire_received");
+    assert!(
+        wire * 100 <= size,
+        "{wire} bytes on the wire for {size} bytes renamed: {s}"
+    );
+}
