@@ -216,11 +216,20 @@ mod serde_bytes_buf {
     }
 }
 
-/// Shows bytes as text: valid UTF-8 as is, every other byte as `\xHH`.
+/// Shows bytes as text: valid UTF-8 as is, every other byte (and every
+/// control character) as `\xHH`.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
+        // Control characters are shown escaped too: a name must never
+        // move the cursor or end a line in what is printed.
+        for c in chunk.valid().chars() {
+            if c.is_ascii_control() {
+                out.push_str(&format!("\\x{:02X}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
         for b in chunk.invalid() {
             out.push_str(&format!("\\x{b:02X}"));
         }
@@ -450,9 +459,9 @@ mod tests {
 
     #[test]
     fn escaping_round_trips_non_utf8() {
-        let raw = b"caf\xe9/na\\me";
+        let raw = b"caf\xe9/na\\me\n";
         let shown = escape_bytes(raw);
-        assert_eq!(shown, "caf\\xE9/na\\me");
+        assert_eq!(shown, "caf\\xE9/na\\me\\x0A");
         assert_eq!(unescape_bytes(shown.as_bytes()), raw);
     }
 }
