@@ -234,6 +234,7 @@ fn entry(
         hash,
         link_target: link,
         xattr_hash: None,
+        racy: false,
     }
 }
 

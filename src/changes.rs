@@ -166,7 +166,7 @@ pub fn diff(
                     }
                     continue;
                 }
-                if after.hash.is_none() && after.same_stat(&before) {
+                if after.hash.is_none() && after.same_stat(&before) && !before.racy {
                     // Only metadata changed: the content is the recorded one.
                     after.hash = before.hash;
                 }
@@ -187,6 +187,10 @@ pub fn diff(
 }
 
 fn unchanged(before: &Entry, after: &Entry, options: &DiffOptions) -> bool {
+    if before.racy && after.kind == Kind::File {
+        // Its stat cannot vouch for its content: look again.
+        return false;
+    }
     let content_same = if options.checksum && after.kind == Kind::File {
         match (&before.hash, &after.hash) {
             (Some(a), Some(b)) => a == b && before.size == after.size,
@@ -308,6 +312,7 @@ mod tests {
             hash: hash.map(|h| [h; 32]),
             link_target: None,
             xattr_hash: None,
+            racy: false,
         }
     }
 

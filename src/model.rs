@@ -330,6 +330,11 @@ pub struct Entry {
     pub link_target: Option<Vec<u8>>,
     /// BLAKE3 over the sorted extended attributes, when `--xattrs` is on.
     pub xattr_hash: Option<Hash>,
+    /// The file's mtime was so close to the moment it was scanned that a
+    /// second write in the same clock tick would not show in its stat: the
+    /// next scan re-reads its content instead of trusting size and mtime.
+    #[serde(default)]
+    pub racy: bool,
 }
 
 /// Which metadata a run preserves, beyond content, times and permission bits.

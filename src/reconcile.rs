@@ -517,6 +517,7 @@ mod tests {
             hash: Some([content; 32]),
             link_target: None,
             xattr_hash: None,
+            racy: false,
         }
     }
 

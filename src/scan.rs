@@ -53,8 +53,14 @@ struct Walk<'a> {
     temps: Mutex<Vec<PathBuf>>,
 }
 
+/// How close to the moment of its scan a file's mtime makes its stat
+/// untrustworthy: file times come from a clock that ticks every few
+/// milliseconds, so two writes within one tick look alike.
+pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Walks `root` in parallel. The root itself must be a readable directory.
 pub fn scan_root(root: &Path, options: &ScanOptions) -> std::io::Result<Scan> {
+    let started = std::time::SystemTime::now();
     let meta = fs::metadata(root)?;
     let walk = Walk {
         options,
@@ -81,6 +87,7 @@ pub fn scan_root(root: &Path, options: &ScanOptions) -> std::io::Result<Scan> {
         .flatten()
         .collect();
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    mark_racy(&mut entries, started);
     let mut warnings = walk.warnings.into_inner().unwrap_or_default();
     warnings.sort();
     Ok(Scan {
@@ -231,6 +238,22 @@ fn stat_entry(walk: &Walk, abs: &Path, path: RelPath) -> Option<Entry> {
     ))
 }
 
+/// Flags files whose mtime is within [`RACY_WINDOW`] of the scan's start,
+/// or after it.
+fn mark_racy(entries: &mut [Entry], started: std::time::SystemTime) {
+    let cutoff = started
+        .checked_sub(RACY_WINDOW)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    let cutoff = Mtime {
+        sec: cutoff.as_secs() as i64,
+        nsec: cutoff.subsec_nanos(),
+    };
+    for entry in entries.iter_mut().filter(|e| e.kind == Kind::File) {
+        entry.racy = entry.mtime >= cutoff;
+    }
+}
+
 pub fn entry_from_metadata(
     path: RelPath,
     kind: Kind,
@@ -254,6 +277,7 @@ pub fn entry_from_metadata(
         hash: None,
         link_target,
         xattr_hash,
+        racy: false,
     }
 }
 

@@ -554,6 +554,7 @@ impl Run<'_> {
                         hash: None,
                         link_target: None,
                         xattr_hash: None,
+                        racy: false,
                     });
                 entry.path = path;
                 (Op::Delete { entry }, None)

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::model::{Entry, Hash, Kind, Mtime, RelPath};
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -213,6 +213,9 @@ impl SessionDb {
             }
             conn.execute_batch(SCHEMA).map_err(corrupt)?;
         } else {
+            if version < SCHEMA_VERSION {
+                migrate(&conn, version).map_err(corrupt)?;
+            }
             // Touch every table once so a damaged file fails here, before any
             // run has changed anything.
             conn.query_row(
@@ -322,8 +325,8 @@ impl SessionDb {
             let mut upsert = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO entries(path, kind, size, mtime_sec, mtime_nsec,
-                        mode, uid, gid, dev, ino, hash, link_target, xattr_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                        mode, uid, gid, dev, ino, hash, link_target, xattr_hash, racy)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .map_err(&corrupt)?;
             let mut remove = tx
@@ -350,6 +353,7 @@ impl SessionDb {
                                 e.hash.as_ref().map(|h| &h[..]),
                                 e.link_target.as_deref(),
                                 e.xattr_hash.as_ref().map(|h| &h[..]),
+                                e.racy,
                             ])
                             .map_err(&corrupt)?;
                         errors_clear
@@ -438,7 +442,7 @@ fn read_entries(
     let mut stmt = conn
         .prepare(
             "SELECT path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
-                    hash, link_target, xattr_hash
+                    hash, link_target, xattr_hash, racy
              FROM entries ORDER BY path",
         )
         .map_err(corrupt)?;
@@ -475,6 +479,7 @@ fn row_to_entry(row: &rusqlite::Row) -> Result<RowResult, rusqlite::Error> {
         link_target: row.get(11)?,
         xattr_hash: row.get(12)?,
     };
+    let racy: bool = row.get(13)?;
     let path = match RelPath::new(&path) {
         Ok(path) => path,
         Err(e) => return Ok(Err(e.to_string())),
@@ -501,7 +506,18 @@ fn row_to_entry(row: &rusqlite::Row) -> Result<RowResult, rusqlite::Error> {
         hash,
         link_target: raw.link_target,
         xattr_hash,
+        racy,
     }))
+}
+
+/// Brings an older schema up to this one, in one transaction.
+fn migrate(conn: &Connection, from: i64) -> Result<(), rusqlite::Error> {
+    let mut steps = String::from("BEGIN;");
+    if from < 2 {
+        steps.push_str("ALTER TABLE entries ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;");
+    }
+    steps.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+    conn.execute_batch(&steps)
 }
 
 struct RawEntry {
@@ -550,7 +566,8 @@ CREATE TABLE entries(
     ino INTEGER NOT NULL,
     hash BLOB,
     link_target BLOB,
-    xattr_hash BLOB
+    xattr_hash BLOB,
+    racy INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE errors(
     path BLOB PRIMARY KEY,
@@ -566,7 +583,7 @@ CREATE TABLE runs(
     result TEXT NOT NULL,
     summary TEXT NOT NULL
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// The current time as an RFC 3339 UTC string, second precision.
@@ -614,6 +631,7 @@ mod tests {
             hash: Some([9; 32]),
             link_target: None,
             xattr_hash: None,
+            racy: false,
         }
     }
 
@@ -665,6 +683,32 @@ mod tests {
         let err = SessionDb::open(dir.path(), "s", false).err().unwrap();
         assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
         assert_eq!(fs::read(&path).unwrap(), vec![0x42u8; 8192]);
+    }
+
+    #[test]
+    fn version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SessionDb::path_for(dir.path(), "s");
+        let conn = Connection::open(&path).unwrap();
+        let v1 = SCHEMA
+            .replace(",\n    racy INTEGER NOT NULL DEFAULT 0", "")
+            .replace("PRAGMA user_version = 2;", "PRAGMA user_version = 1;");
+        conn.execute_batch(&v1).unwrap();
+        conn.execute(
+            "INSERT INTO entries VALUES (x'61', 0, 1, 2, 3, 420, 0, 0, 1, 2, NULL, NULL, NULL)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let db = SessionDb::open(dir.path(), "s", false).unwrap();
+        let rows = db.load_entries().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(!rows[0].racy);
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -399,6 +399,18 @@ impl Endpoint for LocalEndpoint {
                     .collect(),
             );
         }
+        // A file whose recorded stat could not vouch for its content is
+        // compared by content.
+        {
+            let racy: Vec<&mut Entry> = set
+                .changes
+                .iter_mut()
+                .filter(|c| c.before.as_ref().is_some_and(|b| b.racy))
+                .filter_map(|c| c.after.as_mut())
+                .filter(|e| e.kind == Kind::File && e.hash.is_none())
+                .collect();
+            self.hash_entries(racy);
+        }
         detect_renames(&mut set);
         for change in &set.changes {
             if let Some(after) = &change.after {
