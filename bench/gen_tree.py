@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic test trees for bench/compare.sh and bench/ssh.sh.
 
-  gen_tree.py gen    DIR --files N [--seed S] [--flat]
+  gen_tree.py gen    DIR --files N [--seed S] [--flat] [--min-size B] [--max-size B]
                                                  create a fresh tree in DIR
                                                  (--flat: all files in DIR)
   gen_tree.py modify DIR --percent P [--seed S]   rewrite P% of the files
@@ -29,6 +29,7 @@ import os
 import random
 import stat
 import sys
+import time
 
 MIN_SIZE = 100
 MAX_SIZE = 16 * 1024
@@ -69,7 +70,7 @@ def cmd_gen(args):
         if d not in made:
             os.makedirs(d, exist_ok=True)
             made.add(d)
-        data = rng.randbytes(rng.randint(MIN_SIZE, MAX_SIZE))
+        data = rng.randbytes(rng.randint(args.min_size, args.max_size))
         with open(os.path.join(root, rel), "wb") as f:
             f.write(data)
         total += len(data)
@@ -190,6 +191,13 @@ def cmd_compare(args):
     sys.exit(1)
 
 
+def settle():
+    """Waits until the tree's timestamps lie in a past second: rsync 3.5
+    leaves a directory's mtime unset when it falls in the current second,
+    and a tree written just before a timed run would count that against it."""
+    time.sleep(1.1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -197,6 +205,10 @@ def main():
     g.add_argument("dir")
     g.add_argument("--files", type=int, default=100000)
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--min-size", type=int, default=MIN_SIZE,
+                   help="smallest file, bytes (default 100)")
+    g.add_argument("--max-size", type=int, default=MAX_SIZE,
+                   help="largest file, bytes (default 16384)")
     g.add_argument("--flat", action="store_true",
                    help="put every file directly in DIR")
     m = sub.add_parser("modify")
@@ -220,6 +232,8 @@ def main():
     args = p.parse_args()
     {"gen": cmd_gen, "modify": cmd_modify, "patch": cmd_patch,
      "manifest": cmd_manifest, "compare": cmd_compare}[args.cmd](args)
+    if args.cmd in ("gen", "modify", "patch"):
+        settle()
 
 
 if __name__ == "__main__":

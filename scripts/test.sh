@@ -25,3 +25,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets 2>&1
+# The benchmark harness, at tiny sizes: that it works, not how fast.
+SNAPSYNC="$PWD/target/debug/snapsync" bench/run.sh quick
