@@ -255,7 +255,7 @@ fi
     echo "- Machine: $(nproc) CPUs ($cpu_model), $mem_total RAM, kernel $(uname -r)"
     echo "- Filesystem of WORK ($WORK): $fs_desc"
     echo "- Load average (1/5/15 min) at start: $load_start; at end: $load_end"
-    echo "- Versions: snapsync $("$SNAPSYNC" --version | sed 's/^snapsync //'); $(rsync --version | head -n 1 | sed 's/  */ /g'); $(cp --version | head -n 1)"
+    echo "- Versions: snapsync $("$SNAPSYNC" --version | sed 's/^snapsync //'); $(rsync --version | sed -n '1{s/  */ /g;p}'); $(cp --version | sed -n 1p)"
     echo "- snapsync binary: $SNAPSYNC — $src_state"
     echo "- Tree: $tree_files files in $tree_dirs directories, $tree_bytes bytes (seed $SEED; sizes uniform 100 B–16 KiB, pseudo-random content)"
     echo "- Page cache: $cache_desc"

@@ -234,7 +234,7 @@ read -r -a RSH_WORDS <<<"$RSH"
 # What both tools get from that command: -v must come before the
 # LogLevel option, which then no longer applies.
 ssh_kex=$(ssh -v "${RSH_WORDS[@]:1}" "$USERHOST" true </dev/null 2>&1 |
-    sed -n 's/^debug1: kex: client->server cipher: //p' | head -n 1)
+    sed -n 's/^debug1: kex: client->server cipher: //p' | sed -n 1p)
 ssh_kex=${ssh_kex:-unknown}
 # The fixed cost both tools pay in every run: connect, key exchange, login,
 # start a command on the far end and tear down (median of 5).
@@ -453,7 +453,7 @@ if [[ $CACHE == cold ]]; then
 else
     cache_desc="warm: page cache never dropped (dropping was not permitted, or CACHE=warm). One untimed warm-up push per tool before scenarios 1 and 5; after every run the verification reads all of source and target, so every timed run starts with a warm cache."
 fi
-rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </dev/null | head -n 1 | sed 's/  */ /g')
+rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </dev/null | sed -n '1{s/  */ /g;p}')
 
 {
     echo "# snapsync vs rsync over ssh — loopback benchmark"
@@ -463,7 +463,7 @@ rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </de
     echo "- Machine: $(nproc) CPUs ($cpu_model), $mem_total RAM, kernel $(uname -r); both ends run on it and share its CPUs, memory and disk"
     echo "- Filesystem of WORK ($WORK): $fs_desc"
     echo "- Load average (1/5/15 min) at start: $load_start; at end: $load_end"
-    echo "- Versions: snapsync $("$SNAPSYNC" --version | sed 's/^snapsync //'); $(rsync --version | head -n 1 | sed 's/  */ /g') (far end: $rsync_remote_version); $(ssh -V 2>&1)"
+    echo "- Versions: snapsync $("$SNAPSYNC" --version | sed 's/^snapsync //'); $(rsync --version | sed -n '1{s/  */ /g;p}') (far end: $rsync_remote_version); $(ssh -V 2>&1)"
     echo "- snapsync binary (both ends): $SNAPSYNC — $src_state"
     echo "- Transport: a private \`sshd\` on 127.0.0.1 (ed25519 host and client keys made by ssh-keygen for this run), logging in as $(id -un). Both tools use \`$(sed "s|$SSHDIR|KEYDIR|g; s|-p $PORT|-p PORT|" <<<"$RSH")\`; negotiated client->server cipher: $ssh_kex. Neither tool compresses (no \`-z\`). One \`<ssh command> $(id -un)@127.0.0.1 true\` takes ${ssh_login} s (median of 5, before the scenarios): every run of either tool includes such a connection."
     echo "- Tree (scenarios 1–3): $tree_files files in $tree_dirs directories, $tree_bytes bytes (seed $SEED; sizes uniform 100 B–16 KiB, pseudo-random content)"

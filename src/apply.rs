@@ -198,7 +198,11 @@ impl LocalTree {
             tree: self,
             entry: entry.clone(),
             tmp,
-            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            // Small files are written in one go; large ones in 256 KiB runs.
+            file: Some(io::BufWriter::with_capacity(
+                (entry.size as usize).clamp(4096, 256 * 1024),
+                file,
+            )),
             basis,
             hasher: blake3::Hasher::new(),
             literal_bytes: 0,

@@ -316,15 +316,20 @@ fn xattrs_hash(path: &Path, kind: Kind) -> std::io::Result<Hash> {
 
 /// BLAKE3 of a file's content.
 pub fn hash_file(path: &Path) -> std::io::Result<Hash> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 128 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 128 * 1024]);
     }
-    Ok(*hasher.finalize().as_bytes())
+    let mut file = fs::File::open(path)?;
+    BUFFER.with(|buffer| {
+        let mut buf = buffer.borrow_mut();
+        let mut hasher = blake3::Hasher::new();
+        loop {
+            let n = file.read(&mut buf[..])?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(*hasher.finalize().as_bytes())
+    })
 }

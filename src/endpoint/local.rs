@@ -583,19 +583,26 @@ fn file_pool() -> &'static rayon::ThreadPool {
 }
 
 fn copy_to_writer(file: &mut File, writer: &mut dyn FileWriter) -> io::Result<Hash> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; LITERAL_CHUNK];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        writer.literal(&buf[..n])?;
+    thread_local! {
+        // One read buffer per pool thread: a fresh zeroed 256 KiB per file
+        // would cost more than copying a small file.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; LITERAL_CHUNK]);
     }
-    Ok(*hasher.finalize().as_bytes())
+    BUFFER.with(|buffer| {
+        let mut buf = buffer.borrow_mut();
+        let mut hasher = blake3::Hasher::new();
+        loop {
+            let n = match file.read(&mut buf[..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            writer.literal(&buf[..n])?;
+        }
+        Ok(*hasher.finalize().as_bytes())
+    })
 }
 
 /// Installs files arriving from a source into a local root.
