@@ -134,6 +134,30 @@ pub enum ProtocolError {
     Malformed(String),
 }
 
+/// A [`Body::FileData`] for `data`, zstd-compressed when `compress` (`-z`).
+pub fn file_data(id: u64, data: &[u8], compress: bool) -> io::Result<Body> {
+    let (data, compressed) = if compress {
+        (zstd::bulk::compress(data, 3)?, true)
+    } else {
+        (data.to_vec(), false)
+    };
+    Ok(Body::FileData {
+        id,
+        data,
+        compressed,
+    })
+}
+
+/// The bytes a [`Body::FileData`] carries; compressed data may not expand
+/// past a frame.
+pub fn file_data_bytes(data: Vec<u8>, compressed: bool) -> Result<Vec<u8>, ProtocolError> {
+    if !compressed {
+        return Ok(data);
+    }
+    zstd::bulk::decompress(&data, MAX_FRAME)
+        .map_err(|e| ProtocolError::Malformed(format!("undecodable compressed data: {e}")))
+}
+
 fn codec() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()

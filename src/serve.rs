@@ -12,7 +12,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, SourceEnd};
-use crate::protocol::{read_message, write_message, Body, Envelope, ProtocolError, MAX_FRAME};
+use crate::protocol::{
+    file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
+};
 use crate::PROTOCOL_VERSION;
 
 type Output = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
@@ -173,13 +175,7 @@ fn serve_session(
                 compressed,
             } => {
                 if let Some(writer) = incoming.get_mut(&id) {
-                    let data = if compressed {
-                        zstd::bulk::decompress(&data, MAX_FRAME).map_err(|e| {
-                            ProtocolError::Malformed(format!("undecodable compressed data: {e}"))
-                        })?
-                    } else {
-                        data
-                    };
+                    let data = file_data_bytes(data, compressed)?;
                     let _ = writer.literal(&data);
                 }
                 None
@@ -239,22 +235,8 @@ struct WireWriter<'a> {
 
 impl FileWriter for WireWriter<'_> {
     fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let (data, compressed) = if self.sink.compress {
-            (zstd::bulk::compress(data, 3)?, true)
-        } else {
-            (data.to_vec(), false)
-        };
-        send(
-            &self.sink.out,
-            self.sink.call,
-            Body::FileData {
-                id: self.id,
-                data,
-                compressed,
-            },
-            false,
-        )
-        .map_err(std::io::Error::other)
+        let body = file_data(self.id, data, self.sink.compress)?;
+        send(&self.sink.out, self.sink.call, body, false).map_err(std::io::Error::other)
     }
 
     fn copy(&mut self, offset: u64, len: u64) -> std::io::Result<()> {

@@ -28,7 +28,9 @@ use crate::changes::{ChangeSet, DiffOptions};
 use crate::delta::Signature;
 use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
-use crate::protocol::{read_message, write_message, Body, Envelope, ProtocolError, MAX_FRAME};
+use crate::protocol::{
+    file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
+};
 use crate::state::{SessionFacts, SnapshotUpdate};
 use crate::PROTOCOL_VERSION;
 
@@ -541,12 +543,8 @@ fn receive_stream(
                     return Err(refuse(format!("sent data for file {id} before opening it")));
                 }
                 if let Some(writer) = open.get_mut(&id) {
-                    let data = if compressed {
-                        zstd::bulk::decompress(&data, MAX_FRAME)
-                            .map_err(|e| refuse(format!("sent undecodable compressed data: {e}")))?
-                    } else {
-                        data
-                    };
+                    let data = file_data_bytes(data, compressed)
+                        .map_err(|e| Some(EndpointError::Refused(e.to_string())))?;
                     if writer.literal(&data).is_err() {
                         // The writer keeps its error and reports it at the end.
                     }
@@ -651,21 +649,9 @@ struct RemoteWriter<'a> {
 
 impl FileWriter for RemoteWriter<'_> {
     fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let (data, compressed) = if self.compress {
-            (zstd::bulk::compress(data, 3)?, true)
-        } else {
-            (data.to_vec(), false)
-        };
+        let body = file_data(self.id, data, self.compress)?;
         self.conn
-            .send(
-                0,
-                Body::FileData {
-                    id: self.id,
-                    data,
-                    compressed,
-                },
-                false,
-            )
+            .send(0, body, false)
             .map_err(std::io::Error::other)
     }
 
