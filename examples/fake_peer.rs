@@ -12,6 +12,8 @@
 //! hello). Modes:
 //!
 //! - `relay`: no tampering (shows the relay itself works).
+//! - `other-protocol`: answers the hello claiming protocol 99, version
+//!   `9.9.9` (an incompatible snapsync).
 //! - `huge-frame`: answers the first call (`Open`) with a frame header
 //!   claiming `u32::MAX` bytes, then exits.
 //! - `truncated`: sends the first half of the first `FileData` frame, then
@@ -47,6 +49,7 @@ use snapsync::protocol::{decode, read_message, write_message, Body, Envelope, LA
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Relay,
+    OtherProtocol,
     HugeFrame,
     Truncated,
     Garbage,
@@ -71,6 +74,7 @@ fn main() {
     }
     let mode = match args[1].as_str() {
         "relay" => Mode::Relay,
+        "other-protocol" => Mode::OtherProtocol,
         "huge-frame" => Mode::HugeFrame,
         "truncated" => Mode::Truncated,
         "garbage" => Mode::Garbage,
@@ -151,6 +155,15 @@ fn far_to_near(mode: Mode, far_out: ChildStdout, near: &Near, child: &mut Child)
         count += 1;
         let call = envelope.call;
         match (mode, &mut envelope.body) {
+            (
+                Mode::OtherProtocol,
+                Body::Hello {
+                    protocol, version, ..
+                },
+            ) => {
+                *protocol = 99;
+                *version = "9.9.9".into();
+            }
             (Mode::HugeFrame, _) if count == 2 => {
                 let mut header = u32::MAX.to_be_bytes().to_vec();
                 header.push(LAST);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
 use crate::delta::Signature;
-use crate::endpoint::{Applied, FileJob, OpFailure, SessionRequest, SourceEnd};
+use crate::endpoint::{Applied, FileJob, OpFailure, RunEnd, SessionRequest, SourceEnd};
 use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
 use crate::state::{SessionFacts, SnapshotUpdate};
@@ -30,6 +30,9 @@ pub const MAX_MESSAGE: usize = 1 << 30;
 pub const MORE: u8 = 1;
 /// Flag: the last (or only) frame of a message.
 pub const LAST: u8 = 0;
+/// What this build offers beyond the protocol's core: delta transfer, zstd
+/// compression (`-z`), extended attributes (`--xattrs`).
+pub const CAPABILITIES: &[&str] = &["delta", "zstd", "xattrs"];
 
 /// Every message names the call it belongs to; 0 is for messages that
 /// answer no call (file results, and file data a near end pushes).
@@ -45,6 +48,8 @@ pub enum Body {
     Hello {
         protocol: u32,
         version: String,
+        /// Optional features this end speaks (see [`CAPABILITIES`]).
+        capabilities: Vec<String>,
     },
 
     // Requests, near end to far end.
@@ -64,12 +69,7 @@ pub enum Body {
         parallel: bool,
     },
     Commit(Vec<SnapshotUpdate>),
-    Finish {
-        complete: bool,
-        failures: Vec<(RelPath, String)>,
-        started: String,
-        summary: String,
-    },
+    Finish(RunEnd),
     /// The far end is the source: stream these files back, tagged with
     /// this call, then [`Body::FilesDone`].
     SendFiles {
@@ -82,7 +82,11 @@ pub enum Body {
     SinkWait,
 
     // Replies.
-    Opened(SessionFacts),
+    Opened {
+        facts: SessionFacts,
+        /// The far root's stable id (`.snapsync/id`), once it has one.
+        root_id: Option<String>,
+    },
     Scanned(ChangeSet),
     Entries(Vec<Entry>),
     Content(Vec<(Hash, Vec<RelPath>)>),
@@ -270,6 +274,7 @@ mod tests {
         round_trip(Body::Hello {
             protocol: 1,
             version: "x".into(),
+            capabilities: vec!["zstd".into()],
         });
         round_trip(Body::Lookup(vec![RelPath::new(b"a/b\xff").unwrap()]));
         round_trip(Body::FileData {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, SourceEnd};
 use crate::protocol::{
     file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
+    CAPABILITIES,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -50,6 +51,7 @@ pub fn serve(
             Body::Hello {
                 protocol: PROTOCOL_VERSION,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             },
             true,
         )?,
@@ -72,7 +74,8 @@ pub fn serve(
                     LocalEndpoint::new(PathBuf::from(OsStr::from_bytes(&root)), None, preserve);
                 match endpoint.open_session(&request) {
                     Ok(facts) => {
-                        send(&out, envelope.call, Body::Opened(facts), true)?;
+                        let root_id = endpoint.root_id();
+                        send(&out, envelope.call, Body::Opened { facts, root_id }, true)?;
                         break endpoint;
                     }
                     Err(e) => send(&out, envelope.call, Body::Failed(e.to_string()), true)?,
@@ -140,16 +143,7 @@ fn serve_session(
                     .commit(&updates)
                     .map_or_else(failed, |()| Body::Done),
             ),
-            Body::Finish {
-                complete,
-                failures,
-                started,
-                summary,
-            } => Some(
-                endpoint
-                    .finish(complete, &failures, &started, &summary)
-                    .map_or_else(failed, |()| Body::Done),
-            ),
+            Body::Finish(end) => Some(endpoint.finish(&end).map_or_else(failed, |()| Body::Done)),
             Body::SendFiles {
                 jobs,
                 xattrs,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::apply::Xattrs;
 use crate::changes::DiffOptions;
 use crate::endpoint::{
-    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, SessionRequest,
+    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, RunEnd, SessionRequest,
 };
 use crate::model::{Entry, Kind, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
@@ -111,6 +111,7 @@ pub fn run_replica(
     };
     source.open_session(&request(Role::Source))?;
     target.open_session(&request(Role::Target))?;
+    let (source_id, target_id) = (source.root_id(), target.root_id());
 
     let (source_set, target_set) = std::thread::scope(|scope| {
         let source_scan = scope.spawn(|| source.scan(&options.diff));
@@ -201,8 +202,15 @@ pub fn run_replica(
     summary.seconds = clock.elapsed().as_secs_f64();
     (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
     let record = serde_json::to_string(&summary).unwrap_or_default();
-    target.finish(!interrupted, &failures, &started_at, &record)?;
-    source.finish(!interrupted, &failures, &started_at, &record)?;
+    let end = |peer_root_id| RunEnd {
+        complete: !interrupted,
+        failures: failures.clone(),
+        started: started_at.clone(),
+        summary: record.clone(),
+        peer_root_id,
+    };
+    target.finish(&end(source_id))?;
+    source.finish(&end(target_id))?;
     Ok(Outcome {
         summary,
         plan,

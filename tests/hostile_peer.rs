@@ -303,6 +303,26 @@ fn the_fake_peer_relays_faithfully() {
     assert_same_tree(&scene.near, &scene.far);
 }
 
+/// A far end speaking another protocol is refused, naming both versions.
+#[test]
+fn an_incompatible_far_end_is_refused_naming_both_versions() {
+    let scene = Scene::new(false);
+    let before = tree(&scene.near);
+    let out = scene.push("other-protocol");
+    assert_refused(&out, 1, "protocol mismatch");
+    let err = stderr(&out);
+    assert!(
+        err.contains("protocol 99") && err.contains("9.9.9"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("protocol {}", snapsync::PROTOCOL_VERSION))
+            && err.contains(env!("CARGO_PKG_VERSION")),
+        "{err}"
+    );
+    assert_eq!(tree(&scene.near), before);
+}
+
 /// A frame header claiming 4 GiB is refused before anything is allocated
 /// or read.
 #[test]
@@ -434,6 +454,7 @@ fn serve_survives_garbage_input() {
     let hello = frame(Body::Hello {
         protocol: snapsync::PROTOCOL_VERSION,
         version: "test".into(),
+        capabilities: vec![],
     });
     // A lookup of `../etc/passwd`, built from one of `xx/etc/passwd`.
     let mut dotdot = frame(Body::Lookup(vec![RelPath::new(b"xx/etc/passwd").unwrap()]));

@@ -385,3 +385,30 @@ fn renamed_directory_costs_a_few_bytes_on_the_wire() {
         "{wire} bytes on the wire for {size} bytes renamed: {s}"
     );
 }
+
+#[test]
+fn handshake_exchanges_root_ids_and_each_side_records_its_peer() {
+    let r = Remote::new();
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    write(&src, "f", b"1");
+    r.json("push", &src, &dst, &["-N", "ids"]);
+    let id = |root: &Path| {
+        fs::read_to_string(root.join(".snapsync/id"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let peer = |root: &Path| -> String {
+        let conn = rusqlite::Connection::open(root.join(".snapsync/ids.db")).unwrap();
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'peer_root_id'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(id(&src).len(), 32);
+    assert_ne!(id(&src), id(&dst));
+    assert_eq!(peer(&src), id(&dst));
+    assert_eq!(peer(&dst), id(&src));
+}

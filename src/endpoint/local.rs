@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use rayon::prelude::*;
 
 use super::{
-    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, Role,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, Role, RunEnd,
     SessionRequest, SourceEnd,
 };
 use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
@@ -33,6 +33,7 @@ pub struct LocalEndpoint {
     current: RwLock<Vec<Entry>>,
     /// `--links follow`: files are read, and re-checked, through links.
     follow_links: AtomicBool,
+    root_id: Mutex<Option<String>>,
 }
 
 struct OpenSession {
@@ -58,6 +59,7 @@ impl LocalEndpoint {
             session: Mutex::new(None),
             current: RwLock::new(Vec::new()),
             follow_links: AtomicBool::new(false),
+            root_id: Mutex::new(None),
         }
     }
 
@@ -250,6 +252,10 @@ impl Endpoint for LocalEndpoint {
         false
     }
 
+    fn root_id(&self) -> Option<String> {
+        self.root_id.lock().unwrap().clone()
+    }
+
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError> {
         let mut missing_root = false;
         match fs::metadata(&self.root) {
@@ -291,7 +297,9 @@ impl Endpoint for LocalEndpoint {
         } else {
             let lock = SessionLock::acquire(&self.state_dir, &request.session)?;
             if !request.dry_run {
-                root_id(&self.state_dir)?;
+                *self.root_id.lock().unwrap() = Some(root_id(&self.state_dir)?);
+            } else if let Ok(id) = fs::read_to_string(self.state_dir.join("id")) {
+                *self.root_id.lock().unwrap() = Some(id.trim().to_string());
             }
             let db_exists = SessionDb::path_for(&self.state_dir, &request.session).exists();
             if request.dry_run && !db_exists {
@@ -530,13 +538,7 @@ impl Endpoint for LocalEndpoint {
         Ok(())
     }
 
-    fn finish(
-        &self,
-        complete: bool,
-        failures: &[(RelPath, String)],
-        started: &str,
-        summary: &str,
-    ) -> Result<(), EndpointError> {
+    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError> {
         let mut guard = self.session.lock().unwrap();
         let Some(session) = guard.as_mut() else {
             return Ok(());
@@ -554,16 +556,23 @@ impl Endpoint for LocalEndpoint {
             .map(SnapshotUpdate::Remove)
             .collect();
         db.apply_updates(&forgotten)?;
-        db.record_errors(failures)?;
+        db.record_errors(&end.failures)?;
         db.set_fact("direction", &session.request.direction)?;
         db.set_fact("filters", &session.filters_line)?;
-        if complete {
+        if let Some(peer) = &end.peer_root_id {
+            db.set_fact("peer_root_id", peer)?;
+        }
+        if end.complete {
             db.set_fact("established", "1")?;
         }
         db.record_run(
-            started,
-            if complete { "complete" } else { "interrupted" },
-            summary,
+            &end.started,
+            if end.complete {
+                "complete"
+            } else {
+                "interrupted"
+            },
+            &end.summary,
         )?;
         Ok(())
     }

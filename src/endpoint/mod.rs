@@ -130,6 +130,10 @@ pub trait Endpoint: Send + Sync {
     /// Checks the root, takes the session's lock and opens its snapshot.
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError>;
 
+    /// The root's stable id (`.snapsync/id`), known once the session is
+    /// open (`None` in a dry run on a root that has none yet).
+    fn root_id(&self) -> Option<String>;
+
     /// Scans the root against this session's snapshot.
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError>;
 
@@ -171,12 +175,21 @@ pub trait Endpoint: Send + Sync {
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError>;
 
     /// Ends the run: drops rows the filters no longer cover, records the
-    /// failures and the run, and (when `complete`) marks the session established.
-    fn finish(
-        &self,
-        complete: bool,
-        failures: &[(RelPath, String)],
-        started: &str,
-        summary: &str,
-    ) -> Result<(), EndpointError>;
+    /// failures, the run and the peer's root id, and (when complete) marks
+    /// the session established.
+    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError>;
+}
+
+/// How a run ended, for each endpoint to record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunEnd {
+    /// Every planned operation was attempted (not stopped early).
+    pub complete: bool,
+    pub failures: Vec<(RelPath, String)>,
+    /// When the run started (RFC 3339, UTC).
+    pub started: String,
+    /// The summary, as JSON.
+    pub summary: String,
+    /// The other endpoint's root id.
+    pub peer_root_id: Option<String>,
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::{
-    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, RunEnd,
     SessionRequest, SourceEnd,
 };
 use crate::apply::Xattrs;
@@ -30,6 +30,7 @@ use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
 use crate::protocol::{
     file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
+    CAPABILITIES,
 };
 use crate::state::{SessionFacts, SnapshotUpdate};
 use crate::PROTOCOL_VERSION;
@@ -206,6 +207,8 @@ pub struct RemoteEndpoint {
     compress: bool,
     conn: Arc<Connection>,
     child: Mutex<Child>,
+    /// The far root's id, as its `Opened` reply gave it.
+    root_id: Mutex<Option<String>>,
 }
 
 impl RemoteEndpoint {
@@ -250,6 +253,7 @@ impl RemoteEndpoint {
         let hello = Body::Hello {
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         };
         let sent = write_message(
             &mut writer,
@@ -263,11 +267,16 @@ impl RemoteEndpoint {
         let far = match reply {
             Ok((
                 Envelope {
-                    body: Body::Hello { protocol, version },
+                    body:
+                        Body::Hello {
+                            protocol,
+                            version,
+                            capabilities,
+                        },
                     ..
                 },
                 _,
-            )) => (protocol, version),
+            )) => (protocol, version, capabilities),
             Ok((Envelope { body, .. }, _)) => {
                 let _ = child.kill();
                 return Err(unexpected(&body));
@@ -299,6 +308,14 @@ impl RemoteEndpoint {
             )));
         }
 
+        if options.compress && !far.2.iter().any(|c| c == "zstd") {
+            let _ = child.kill();
+            return Err(EndpointError::Refused(format!(
+                "the snapsync on {} ({}) cannot decompress (-z); run without -z or upgrade it",
+                spec.host, far.1
+            )));
+        }
+
         let (results_tx, results_rx) = unbounded();
         let conn = Arc::new(Connection {
             writer: Mutex::new(Some(writer)),
@@ -321,6 +338,7 @@ impl RemoteEndpoint {
             compress: options.compress,
             conn,
             child: Mutex::new(child),
+            root_id: Mutex::new(None),
         })
     }
 }
@@ -382,7 +400,14 @@ impl Endpoint for RemoteEndpoint {
             request: request.clone(),
             preserve: self.preserve,
         })?;
-        expect_reply!(reply, Body::Opened(facts) => facts)
+        let (facts, root_id) =
+            expect_reply!(reply, Body::Opened { facts, root_id } => (facts, root_id))?;
+        *self.root_id.lock().unwrap() = root_id;
+        Ok(facts)
+    }
+
+    fn root_id(&self) -> Option<String> {
+        self.root_id.lock().unwrap().clone()
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
@@ -489,19 +514,8 @@ impl Endpoint for RemoteEndpoint {
         expect_reply!(reply, Body::Done => ())
     }
 
-    fn finish(
-        &self,
-        complete: bool,
-        failures: &[(RelPath, String)],
-        started: &str,
-        summary: &str,
-    ) -> Result<(), EndpointError> {
-        let reply = self.conn.call(Body::Finish {
-            complete,
-            failures: failures.to_vec(),
-            started: started.to_string(),
-            summary: summary.to_string(),
-        })?;
+    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError> {
+        let reply = self.conn.call(Body::Finish(end.clone()))?;
         expect_reply!(reply, Body::Done => ())
     }
 }
