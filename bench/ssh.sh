@@ -51,30 +51,12 @@
 
 set -euo pipefail
 
-invocation="$0${*:+ $*}"
-explicit_env=""
-for v in FILES BIG REPS SEED MODIFY_PCT RENAME_FILES CACHE WORK KEEP OUT SNAPSYNC; do
-    if [[ -n "${!v+x}" ]]; then explicit_env+="$v=${!v} "; fi
-done
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$BENCH_DIR/lib.sh"
 
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --files) FILES=$2; shift 2 ;;
-        --big) BIG=$2; shift 2 ;;
-        --reps) REPS=$2; shift 2 ;;
-        --seed) SEED=$2; shift 2 ;;
-        --modify-pct) MODIFY_PCT=$2; shift 2 ;;
-        --rename-files) RENAME_FILES=$2; shift 2 ;;
-        --cache) CACHE=$2; shift 2 ;;
-        --work) WORK=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        --out) OUT=$2; shift 2 ;;
-        --snapsync) SNAPSYNC=$2; shift 2 ;;
-        -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "ssh.sh: unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
-
+SETTINGS=(FILES BIG REPS SEED MODIFY_PCT RENAME_FILES CACHE WORK KEEP OUT SNAPSYNC)
+parse_settings "$@"
 FILES=${FILES:-100000}
 BIG=${BIG:-2G}
 REPS=${REPS:-3}
@@ -84,77 +66,25 @@ RENAME_FILES=${RENAME_FILES:-1000}
 CACHE=${CACHE:-auto}
 WORK=${WORK:-/tmp/snapsync-bench-ssh}
 KEEP=${KEEP:-0}
-
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-GEN="$BENCH_DIR/gen_tree.py"
-if [[ -n "${OUT:-}" ]]; then
-    case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
-else
-    OUT="$BENCH_DIR/results-ssh.md"
-fi
-
-die() { echo "ssh.sh: ERROR: $*" >&2; exit 1; }
-log() { echo "[$(date +%T)] $*" >&2; }
-
-[[ "$FILES" =~ ^[0-9]+$ && "$FILES" -ge 1 ]] || die "FILES must be a positive integer"
-[[ "$REPS" =~ ^[0-9]+$ && "$REPS" -ge 1 ]] || die "REPS must be a positive integer"
-[[ "$RENAME_FILES" =~ ^[0-9]+$ && "$RENAME_FILES" -ge 1 ]] || die "RENAME_FILES must be a positive integer"
+resolve_out "$BENCH_DIR/results-ssh.md"
+need_positive_int FILES REPS RENAME_FILES
 BIG_BYTES=$(numfmt --from=iec "$BIG" 2>/dev/null) || die "BIG must be a size like 2G, 64M or 100000000"
 PATCH_COUNT=3
 PATCH_SIZE=$((1 << 20))
 [[ "$BIG_BYTES" -ge $((PATCH_COUNT * PATCH_SIZE + PATCH_COUNT)) ]] ||
     die "BIG must be larger than $PATCH_COUNT MiB (the size of its change in scenario 5)"
 
-# --- tools -------------------------------------------------------------------
-apt_updated=0
-need_pkg() { # command package
-    command -v "$1" >/dev/null 2>&1 && return 0
-    [[ $(id -u) -eq 0 ]] || die "$1 is missing; install $2 (this script installs it only as root)"
-    log "installing $2"
-    if [[ $apt_updated -eq 0 ]]; then apt-get update -qq; apt_updated=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-    command -v "$1" >/dev/null 2>&1 || die "could not install $2"
-}
-need_pkg rsync rsync
-need_pkg /usr/bin/time time
+need_common_tools
 need_pkg ssh openssh-client
 need_pkg ssh-keygen openssh-client
 need_pkg /usr/sbin/sshd openssh-server
 need_pkg openssl openssl
-command -v python3 >/dev/null || die "python3 is required"
 RSYNC_BIN=$(command -v rsync)
 
-src_state="binary given by SNAPSYNC, not built by this script"
-if [[ -z "${SNAPSYNC:-}" ]]; then
-    # read-only look at the checkout, so the report says what was measured
-    if dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null); then
-        if [[ -n "$dirty" ]]; then
-            src_state="built from HEAD plus $(wc -l <<<"$dirty") uncommitted changed/new path(s) under src/, Cargo.*, build.rs"
-        else
-            src_state="built from a clean checkout of HEAD"
-        fi
-    else
-        src_state="built from $REPO (not a git checkout)"
-    fi
-    log "cargo build --release (may wait for the build lock)"
-    (cd "$REPO" && cargo build --release --quiet) || die "cargo build failed"
-    SNAPSYNC="$REPO/target/release/snapsync"
-fi
-[[ -x "$SNAPSYNC" ]] || die "snapsync binary not found: $SNAPSYNC"
-SNAPSYNC=$(cd "$(dirname "$SNAPSYNC")" && pwd)/$(basename "$SNAPSYNC")
+select_snapsync
 [[ "$SNAPSYNC" != *[[:space:]]* ]] || die "the snapsync path may not contain white space: $SNAPSYNC"
 
-# --- work dir ----------------------------------------------------------------
-case "$WORK" in /|/tmp|/tmp/|"") die "refusing WORK=$WORK" ;; esac
-if [[ -e "$WORK" ]]; then
-    [[ -f "$WORK/.snapsync-bench" || -z "$(ls -A "$WORK")" ]] ||
-        die "$WORK exists and was not made by this script; pick another WORK"
-    rm -rf "$WORK"
-fi
-mkdir -p "$WORK/logs"
-touch "$WORK/.snapsync-bench"
-WORK=$(cd "$WORK" && pwd)
+prepare_work
 # paths travel inside remote shell command lines below, unquoted
 [[ "$WORK" != *[[:space:]]* ]] || die "WORK may not contain white space: $WORK"
 SRC="$WORK/src"                  # the tree of scenarios 1-4
@@ -164,18 +94,14 @@ RESULTS="$WORK/results.tsv"
 REMOTE_TIME="$WORK/remote-time.out"
 : >"$RESULTS"
 : >"$WORK/snapsync-json.tsv"
-ok=0
 SSHD_PID=""
+# On exit: stop the benchmark sshd, then delete or keep WORK.
 cleanup() {
     if [[ -n "$SSHD_PID" ]]; then
         kill "$SSHD_PID" 2>/dev/null || true
         wait "$SSHD_PID" 2>/dev/null || true
     fi
-    if [[ $ok -eq 1 && "$KEEP" != 1 ]]; then
-        rm -rf "$WORK"
-    else
-        echo "ssh.sh: work dir kept: $WORK" >&2
-    fi
+    cleanup_work
 }
 trap cleanup EXIT
 
@@ -195,7 +121,7 @@ free_port() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 PORT=""
-for attempt in 1 2 3 4 5; do
+for _ in 1 2 3 4 5; do
     port=$(free_port)
     cat >"$SSHDIR/sshd_config" <<EOF
 ListenAddress 127.0.0.1
@@ -238,21 +164,16 @@ ssh_kex=$(ssh -v "${RSH_WORDS[@]:1}" "$USERHOST" true </dev/null 2>&1 |
 ssh_kex=${ssh_kex:-unknown}
 # The fixed cost both tools pay in every run: connect, key exchange, login,
 # start a command on the far end and tear down (median of 5).
-ssh_login=$(for i in 1 2 3 4 5; do
-    /usr/bin/time -f '%e' -o "$WORK/time.out" -- "${RSH_WORDS[@]}" "$USERHOST" true </dev/null
-    tail -n 1 "$WORK/time.out"
-done | sort -n | sed -n 3p)
+logins=()
+for _ in 1 2 3 4 5; do
+    timed_run /dev/null "$WORK/ssh-login.err" "${RSH_WORDS[@]}" "$USERHOST" true ||
+        die "ssh login failed: $(cat "$WORK/ssh-login.err")"
+    logins+=("$SECS")
+done
+ssh_login=$(median "${logins[@]}")
 log "ssh login round trip: ${ssh_login}s"
 
-# --- page cache ----------------------------------------------------------------
-drop_caches() { sync && echo 3 >/proc/sys/vm/drop_caches; }
-case "$CACHE" in
-    auto) if drop_caches 2>/dev/null; then CACHE=cold; else CACHE=warm; fi ;;
-    cold) drop_caches 2>/dev/null || die "CACHE=cold but drop_caches is not permitted here" ;;
-    warm) ;;
-    *) die "CACHE must be auto, cold or warm" ;;
-esac
-log "cache mode: $CACHE"
+setup_cache
 
 # --- the tools under test ------------------------------------------------------
 # The far end of either tool runs as `/usr/bin/time -f %M -o FILE PROGRAM ...`
@@ -289,19 +210,6 @@ tool_cmd() { # tool -> sets the CMD array (uses CUR_*)
     esac
 }
 
-refresh_manifest() { # dir manifest
-    python3 "$GEN" manifest "$1" >"$2"
-}
-
-verify() { # tool label
-    if ! python3 "$GEN" compare "$CUR_SRC" "$CUR_TARGET" --src-manifest "$CUR_MANIFEST"; then
-        echo >&2
-        echo "!!!!!!!! $1 ($2): TARGET DIFFERS FROM SOURCE — benchmark aborted !!!!!!!!" >&2
-        echo "!!!!!!!! target: $CUR_TARGET  (logs: $WORK/logs)" >&2
-        exit 1
-    fi
-}
-
 # Byte counts of one run -> "wire_sent wire_received literal"
 snapsync_bytes() { # stdout-file
     python3 - "$1" <<'PY'
@@ -330,7 +238,7 @@ rsync_bytes() { # stdout-file
 # run_one scenario tool rep timed(0/1)
 run_one() {
     local scenario=$1 tool=$2 rep=$3 timed=$4
-    local label base tf secs rss rrss bytes
+    local label base rrss bytes
     set_scenario "$scenario" "$tool"
     label="$scenario rep $rep"
     base="$WORK/logs/$scenario-$tool-$rep"
@@ -344,15 +252,13 @@ run_one() {
     fi
     tool_cmd "$tool"
     printf '%q ' "${CMD[@]}" >"$base.cmd"
-    tf="$WORK/time.out"
     rm -f "$REMOTE_TIME"
-    if [[ $CACHE == cold ]]; then drop_caches; fi
-    if ! /usr/bin/time -f '%e %M' -o "$tf" -- "${CMD[@]}" >"$base.out" 2>"$base.err" </dev/null; then
+    cold_start
+    if ! timed_run "$base.out" "$base.err" "${CMD[@]}"; then
         cat "$base.err" >&2
         tail -n 20 "$SSHDIR/sshd.log" >&2
         die "$tool failed ($label): ${CMD[*]}"
     fi
-    read -r secs rss <<<"$(tail -n 1 "$tf")"
     rrss=$(tail -n 1 "$REMOTE_TIME" 2>/dev/null || true)
     [[ "$rrss" =~ ^[0-9]+$ ]] || rrss=NA
     if [[ $tool == snapsync ]]; then
@@ -360,28 +266,22 @@ run_one() {
     else
         bytes=$(rsync_bytes "$base.out") || die "rsync ($label): see $base.out"
     fi
-    verify "$tool" "$label"
+    verify_target "$tool" "$label" "$CUR_SRC" "$CUR_TARGET" "$CUR_MANIFEST"
     if [[ $timed -eq 1 ]]; then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$rep" "$secs" "$rss" "$rrss" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$rep" "$SECS" "$RSS_KIB" "$rrss" \
             "${bytes// /$'\t'}" >>"$RESULTS"
-        log "$label  $tool: ${secs}s, peak RSS ${rss} KiB local / ${rrss} KiB remote, bytes sent/received/literal: $bytes — target verified"
+        log "$label  $tool: ${SECS}s, peak RSS ${RSS_KIB} KiB local / ${rrss} KiB remote, bytes sent/received/literal: $bytes — target verified"
         if [[ $tool == snapsync ]]; then
             printf '%s\t%s\t%s\n' "$scenario" "$rep" "$(tail -n 1 "$base.out")" >>"$WORK/snapsync-json.tsv"
         fi
     else
-        log "$label  $tool: ${secs}s — target verified"
+        log "$label  $tool: ${SECS}s — target verified"
     fi
 }
 
 # --- go ------------------------------------------------------------------------
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-log "generating $FILES files (seed $SEED) in $SRC"
-gen_out=$(python3 "$GEN" gen "$SRC" --files "$FILES" --seed "$SEED")
-log "$gen_out"
-refresh_manifest "$SRC" "$WORK/src.manifest"
-tree_files=$(grep -c '^f ' "$WORK/src.manifest" || true)
-tree_dirs=$(grep -c '^d ' "$WORK/src.manifest" || true)
-tree_bytes=$(awk '$1=="f"{s+=$4} END{printf "%d", s}' "$WORK/src.manifest")
+load_start=$(loadavg)
+generate_tree "$SRC" "$WORK/src.manifest"
 
 # AES-128-CTR keystream (key from SEED): deterministic, incompressible, fast
 log "generating the $BIG_BYTES-byte file $BIG_SRC/big.bin"
@@ -410,14 +310,9 @@ for ((r = 1; r <= REPS; r++)); do
 done
 
 log "scenario 3: re-sync after modifying ${MODIFY_PCT}% of files"
-modified_count=""
 for ((r = 1; r <= REPS; r++)); do
     # every target is in sync with SRC here (verified after its last run)
-    mod_out=$(python3 "$GEN" modify "$SRC" --files "$FILES" \
-        --percent "$MODIFY_PCT" --seed "$((SEED * 1000 + r))")
-    modified_count=${mod_out//[!0-9]/}
-    refresh_manifest "$SRC" "$WORK/src.manifest"
-    log "rep $r: $mod_out"
+    modify_tree "$SRC" "$r" "$WORK/src.manifest"
     for tool in snapsync rsync; do run_one modified "$tool" "$r" 1; done
 done
 
@@ -442,43 +337,39 @@ for ((r = 1; r <= REPS; r++)); do
     log "rep $r: $patch_desc"
     for tool in snapsync rsync; do run_one big-modified "$tool" "$r" 1; done
 done
-load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+load_end=$(loadavg)
 
 # --- report ----------------------------------------------------------------------
-mem_total=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
-cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
-fs_desc=$(findmnt -no SOURCE,FSTYPE,OPTIONS -T "$WORK" 2>/dev/null || df -T "$WORK" | tail -n 1)
+SCENARIOS=("initial=1. initial push" "no-change=2. re-sync, no change"
+    "modified=3. re-sync, files modified" "rename=4. re-sync, directory renamed"
+    "big-initial=5a. big file, initial push" "big-modified=5b. big file, 3 × 1 MiB changed")
 if [[ $CACHE == cold ]]; then
     cache_desc="cold: \`sync; echo 3 > /proc/sys/vm/drop_caches\` (untimed) before every timed run; this empties the cache of both ends, which share the machine. No tool fsyncs, so the writeback of what a run wrote is not in its time for either tool."
 else
     cache_desc="warm: page cache never dropped (dropping was not permitted, or CACHE=warm). One untimed warm-up push per tool before scenarios 1 and 5; after every run the verification reads all of source and target, so every timed run starts with a warm cache."
 fi
-rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </dev/null | sed -n '1{s/  */ /g;p}')
+rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </dev/null | version_line)
 
 {
     echo "# snapsync vs rsync over ssh — loopback benchmark"
     echo
-    echo "- Command: \`${explicit_env}${invocation}\`"
-    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- Machine: $(nproc) CPUs ($cpu_model), $mem_total RAM, kernel $(uname -r); both ends run on it and share its CPUs, memory and disk"
-    echo "- Filesystem of WORK ($WORK): $fs_desc"
-    echo "- Load average (1/5/15 min) at start: $load_start; at end: $load_end"
-    echo "- Versions: snapsync $("$SNAPSYNC" --version | sed 's/^snapsync //'); $(rsync --version | sed -n '1{s/  */ /g;p}') (far end: $rsync_remote_version); $(ssh -V 2>&1)"
-    echo "- snapsync binary (both ends): $SNAPSYNC — $src_state"
+    report_run_lines "$load_start" "$load_end" "; both ends run on it and share its CPUs, memory and disk"
+    echo "- Versions: snapsync $(snapsync_version); $(rsync --version | version_line) (far end: $rsync_remote_version); $(ssh -V 2>&1)"
+    echo "- snapsync binary (both ends): $SNAPSYNC — $SNAPSYNC_ORIGIN"
     echo "- Transport: a private \`sshd\` on 127.0.0.1 (ed25519 host and client keys made by ssh-keygen for this run), logging in as $(id -un). Both tools use \`$(sed "s|$SSHDIR|KEYDIR|g; s|-p $PORT|-p PORT|" <<<"$RSH")\`; negotiated client->server cipher: $ssh_kex. Neither tool compresses (no \`-z\`). One \`<ssh command> $(id -un)@127.0.0.1 true\` takes ${ssh_login} s (median of 5, before the scenarios): every run of either tool includes such a connection."
-    echo "- Tree (scenarios 1–3): $tree_files files in $tree_dirs directories, $tree_bytes bytes (seed $SEED; sizes uniform 100 B–16 KiB, pseudo-random content)"
+    echo "- Tree (scenarios 1–3): $(tree_desc)"
     echo "- Page cache: $cache_desc"
     echo "- Repetitions: $REPS per tool per scenario, tools interleaved (snapsync, rsync, snapsync, ...)."
     echo "- Commands timed (each tool writes its own target; local side timed with \`/usr/bin/time -f '%e %M'\`, which counts the tool and its ssh client; the far end is started under \`/usr/bin/time -f %M -o FILE\` for its peak RSS):"
     echo "  - snapsync: \`snapsync push --json --state-dir STATE --rsh '<ssh command>' --remote-command '/usr/bin/time -f %M -o FILE $SNAPSYNC' SRC $(id -un)@127.0.0.1:DST\` (STATE outside SRC so rsync does not copy it; DST/.snapsync is snapsync's far-side state; the far end runs \`snapsync serve\`)"
     echo "  - rsync: \`rsync -a --delete --stats -e '<ssh command>' --rsync-path '/usr/bin/time -f %M -o FILE $RSYNC_BIN' SRC/ $(id -un)@127.0.0.1:DST/\` (\`--delete\` because snapsync push makes a replica, deleting what the source no longer has; \`--stats\` only prints counters rsync keeps anyway)"
-    echo "- Scenario 1: target does not exist. Scenario 2: nothing changed since the previous sync. Scenario 3: before each repetition ${modified_count:-?} files (${MODIFY_PCT}%) are rewritten once (half in place with the same size, half with new content and size), then each tool syncs its own, previously in-sync target."
+    scenarios_1_to_3_line
     echo "- Scenario 4: a flat directory \`renamed-0\` of $RENAME_FILES files (100 B–16 KiB each) is added to the tree and synced by both tools (untimed); then before each repetition it is renamed (\`renamed-N\` → \`renamed-N+1\`, same parent, same inodes) and each tool syncs. rsync has no rename detection, so it is expected to send the files again and delete the old ones."
     echo "- Scenario 5: one file of $BIG_BYTES bytes (AES-128-CTR keystream: incompressible). a) pushed into a target that does not exist; b) then $PATCH_COUNT blocks of $PATCH_SIZE bytes are overwritten in place with new pseudo-random bytes at seeded, unaligned offsets, one in each third of the file (last repetition: $patch_desc), and each tool re-syncs. rsync uses its delta algorithm (the default when the target is remote)."
-    echo "- Every run was verified: target == source by path, type, mode, size, mtime (ns) and content hash of each file and mode/mtime of each directory, ignoring \`.snapsync/\`."
+    verified_line
     echo
-    python3 - "$RESULTS" "$WORK/snapsync-json.tsv" <<'PY'
-import json, statistics, sys
+    python3 - "$RESULTS" "${SCENARIOS[@]}" <<'PY'
+import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l]
 data = {}
 for scen, tool, rep, secs, rss, rrss, sent, recv, lit in rows:
@@ -486,12 +377,8 @@ for scen, tool, rep, secs, rss, rrss, sent, recv, lit in rows:
         dict(secs=float(secs), rss=int(rss),
              rrss=None if rrss == "NA" else int(rrss),
              sent=int(sent), recv=int(recv), lit=int(lit)))
-order = ["initial", "no-change", "modified", "rename", "big-initial", "big-modified"]
-names = {"initial": "1. initial push", "no-change": "2. re-sync, no change",
-         "modified": "3. re-sync, files modified",
-         "rename": "4. re-sync, directory renamed",
-         "big-initial": "5a. big file, initial push",
-         "big-modified": "5b. big file, 3 × 1 MiB changed"}
+names = dict(a.split("=", 1) for a in sys.argv[2:])
+order = list(names)
 tools = ["snapsync", "rsync"]
 def med(scen, tool, key):
     v = [r[key] for r in data.get((scen, tool), []) if r[key] is not None]
@@ -550,28 +437,11 @@ print("protocol framing), not ssh's own encryption overhead. snapsync: `wire_sen
 print("`wire_received`, `bytes_sent` of `--json`; rsync: `Total bytes sent`,")
 print("`Total bytes received`, `Literal data` of `--stats`.")
 print()
-print("snapsync `--json` summaries (last repetition of each scenario):")
-print()
-last = {}
-for l in open(sys.argv[2]).read().splitlines():
-    scen, rep, js = l.split("\t", 2)
-    last[scen] = js
-for scen in order:
-    js = last.get(scen, "")
-    try:
-        d = json.loads(js)
-        keys = ["created", "updated", "deleted", "renamed", "copied", "errors",
-                "bytes_sent", "bytes_received", "wire_sent", "wire_received",
-                "files_scanned", "seconds"]
-        js = ", ".join(f"{k}={d.get(k)}" for k in keys)
-    except ValueError:
-        js = "(not JSON) " + js
-    print(f"- {names[scen]}: {js}")
 PY
+    json_summaries "$WORK/snapsync-json.tsv" \
+        "created updated deleted renamed copied errors bytes_sent bytes_received wire_sent wire_received files_scanned seconds" \
+        "${SCENARIOS[@]}"
 } >"$WORK/report.md"
 
-mkdir -p "$(dirname "$OUT")"
-cp "$WORK/report.md" "$OUT"
-cat "$OUT"
-log "report written to $OUT"
+publish_report
 ok=1
