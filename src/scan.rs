@@ -137,7 +137,7 @@ fn walk_dir<'s>(
             }
         };
         let abs = item.path();
-        let Some(entry) = stat_entry(walk, &abs, path) else {
+        let Some(entry) = stat_entry(walk, &item, &abs, path) else {
             continue;
         };
         if !walk.options.filters.includes_entry(&entry.path, entry.kind) {
@@ -164,10 +164,12 @@ fn walk_dir<'s>(
     }
 }
 
-fn stat_entry(walk: &Walk, abs: &Path, path: RelPath) -> Option<Entry> {
+fn stat_entry(walk: &Walk, item: &fs::DirEntry, abs: &Path, path: RelPath) -> Option<Entry> {
     let options = walk.options;
     let warn = |message: String| walk.warnings.lock().unwrap().push(message);
-    let mut meta = match fs::symlink_metadata(abs) {
+    // Stat relative to the open directory (no walk of the whole path), not
+    // following a link.
+    let mut meta = match item.metadata() {
         Ok(meta) => meta,
         // Vanished between the listing and the stat: not there.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
