@@ -16,8 +16,8 @@
 //!   `9.9.9` (an incompatible snapsync).
 //! - `huge-frame`: answers the first call (`Open`) with a frame header
 //!   claiming `u32::MAX` bytes, then exits.
-//! - `truncated`: sends the first half of the first `FileData` frame, then
-//!   exits (use a pull of at least one non-empty file).
+//! - `truncated`: sends the first half of the first `FileData` or
+//!   `FileWhole` frame, then exits (use a pull of at least one non-empty file).
 //! - `garbage`: instead of the `Scanned` reply, sends a frame of random bytes
 //!   that do not decode, then exits.
 //! - `dotdot-path`, `absolute-path`, `nul-path`: adds to the `Scanned` reply
@@ -29,8 +29,8 @@
 //!   end is the source) a symlink `link -> $FAKE_PEER_OUTSIDE` and a file
 //!   `link/evil`, and when the near end asks for `link/evil`, streams its
 //!   content itself (a correct hash: only the path is hostile).
-//! - `wrong-hash`: in a pull, alters the hash of every `FileEnd` that says
-//!   `Complete`, so no file's content matches it.
+//! - `wrong-hash`: in a pull, alters the hash of every `FileEnd` or
+//!   `FileWhole` that says `Complete`, so no file's content matches it.
 //!
 //! `FAKE_PEER_OUTSIDE` names a directory outside the near root (default
 //! `/tmp/snapsync-fake-peer-outside`).
@@ -170,7 +170,7 @@ fn far_to_near(mode: Mode, far_out: ChildStdout, near: &Near, child: &mut Child)
                 send_raw(near, &header);
                 leave(near, child);
             }
-            (Mode::Truncated, Body::FileData { .. }) => {
+            (Mode::Truncated, Body::FileData { .. } | Body::FileWhole { .. }) => {
                 let frame = encode(&envelope);
                 send_raw(near, &frame[..frame.len() / 2]);
                 leave(near, child);
@@ -210,6 +210,10 @@ fn far_to_near(mode: Mode, far_out: ChildStdout, near: &Near, child: &mut Child)
             (
                 Mode::WrongHash,
                 Body::FileEnd {
+                    end: SourceEnd::Complete { hash, .. },
+                    ..
+                }
+                | Body::FileWhole {
                     end: SourceEnd::Complete { hash, .. },
                     ..
                 },

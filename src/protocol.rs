@@ -115,6 +115,14 @@ pub enum Body {
         id: u64,
         end: SourceEnd,
     },
+    /// A small file in one message: open, all its data, and the verdict.
+    FileWhole {
+        job: FileJob,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        compressed: bool,
+        end: SourceEnd,
+    },
     FileResult {
         id: u64,
         result: Result<Applied, OpFailure>,
@@ -138,22 +146,18 @@ pub enum ProtocolError {
     Malformed(String),
 }
 
-/// A [`Body::FileData`] for `data`, zstd-compressed when `compress` (`-z`).
-pub fn file_data(id: u64, data: &[u8], compress: bool) -> io::Result<Body> {
-    let (data, compressed) = if compress {
-        (zstd::bulk::compress(data, 3)?, true)
+/// File data as it travels: zstd-compressed when `compress` (`-z`), and
+/// whether it was.
+pub fn encode_data(data: &[u8], compress: bool) -> io::Result<(Vec<u8>, bool)> {
+    if compress {
+        Ok((zstd::bulk::compress(data, 3)?, true))
     } else {
-        (data.to_vec(), false)
-    };
-    Ok(Body::FileData {
-        id,
-        data,
-        compressed,
-    })
+        Ok((data.to_vec(), false))
+    }
 }
 
-/// The bytes a [`Body::FileData`] carries; compressed data may not expand
-/// past a frame.
+/// The bytes a [`Body::FileData`] or [`Body::FileWhole`] carries;
+/// compressed data may not expand past a frame.
 pub fn file_data_bytes(data: Vec<u8>, compressed: bool) -> Result<Vec<u8>, ProtocolError> {
     if !compressed {
         return Ok(data);

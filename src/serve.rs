@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, SourceEnd};
+use crate::endpoint::wire::WireFileWriter;
+use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint};
 use crate::protocol::{
-    file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
-    CAPABILITIES,
+    file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError, CAPABILITIES,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -186,6 +186,19 @@ fn serve_session(
                 }
                 None
             }
+            Body::FileWhole {
+                job,
+                data,
+                compressed,
+                end,
+            } => {
+                let data = file_data_bytes(data, compressed)?;
+                if let Some(mut writer) = sink.open(&job) {
+                    let _ = writer.literal(&data);
+                    writer.finish(end);
+                }
+                None
+            }
             Body::SinkWait => Some(Body::Done),
             Body::Open { .. } => Some(Body::Failed("a session is already open".into())),
             other => {
@@ -210,49 +223,15 @@ struct WireSink {
 
 impl FileSink for WireSink {
     fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
-        send(&self.out, self.call, Body::FileOpen(job.clone()), false).ok()?;
-        Some(Box::new(WireWriter {
-            sink: self,
-            id: job.id,
-        }))
+        let (out, call) = (Arc::clone(&self.out), self.call);
+        Some(Box::new(WireFileWriter::new(
+            job,
+            self.compress,
+            move |body| send(&out, call, body, false).map_err(std::io::Error::other),
+        )))
     }
 
     fn wait(&self) -> Result<(), crate::endpoint::EndpointError> {
         Ok(())
-    }
-}
-
-struct WireWriter<'a> {
-    sink: &'a WireSink,
-    id: u64,
-}
-
-impl FileWriter for WireWriter<'_> {
-    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let body = file_data(self.id, data, self.sink.compress)?;
-        send(&self.sink.out, self.sink.call, body, false).map_err(std::io::Error::other)
-    }
-
-    fn copy(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        send(
-            &self.sink.out,
-            self.sink.call,
-            Body::FileCopy {
-                id: self.id,
-                offset,
-                len,
-            },
-            false,
-        )
-        .map_err(std::io::Error::other)
-    }
-
-    fn finish(self: Box<Self>, end: SourceEnd) {
-        let _ = send(
-            &self.sink.out,
-            self.sink.call,
-            Body::FileEnd { id: self.id, end },
-            false,
-        );
     }
 }

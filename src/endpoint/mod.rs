@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod remote;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::io;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use super::wire::WireFileWriter;
 use super::{
     Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, RunEnd,
     SessionRequest, SourceEnd,
@@ -29,8 +30,7 @@ use crate::delta::Signature;
 use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
 use crate::protocol::{
-    file_data, file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError,
-    CAPABILITIES,
+    file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError, CAPABILITIES,
 };
 use crate::state::{SessionFacts, SnapshotUpdate};
 use crate::PROTOCOL_VERSION;
@@ -577,6 +577,28 @@ fn receive_stream(
                     writer.finish(end);
                 }
             }
+            Body::FileWhole {
+                job,
+                data,
+                compressed,
+                end,
+            } => {
+                let Some(ours) = asked.get(&job.id) else {
+                    return Err(refuse(format!(
+                        "sent file {} that was not asked for",
+                        job.id
+                    )));
+                };
+                if !seen.insert(job.id) {
+                    return Err(refuse(format!("sent file {} twice", job.id)));
+                }
+                let data = file_data_bytes(data, compressed)
+                    .map_err(|e| Some(EndpointError::Refused(e.to_string())))?;
+                if let Some(mut writer) = sink.open(ours) {
+                    let _ = writer.literal(&data);
+                    writer.finish(end);
+                }
+            }
             Body::FilesDone => {
                 // Files the far end never finished fail, they are not lost.
                 for (_, writer) in open.drain() {
@@ -628,64 +650,18 @@ impl FileSink for RemoteSink<'_> {
     fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
         let _ = self.drain(false);
         self.opened.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.conn.send(0, Body::FileOpen(job.clone()), false) {
-            self.opened.fetch_sub(1, Ordering::SeqCst);
-            (self.done)(
-                job.id,
-                Err(OpFailure {
-                    path: job.entry.path.clone(),
-                    message: e.to_string(),
-                    stale: false,
-                    warning_only: false,
-                }),
-            );
-            return None;
-        }
-        Some(Box::new(RemoteWriter {
-            conn: self.conn,
-            id: job.id,
-            compress: self.compress,
-        }))
+        let conn = self.conn;
+        Some(Box::new(WireFileWriter::new(
+            job,
+            self.compress,
+            move |body| conn.send(0, body, false).map_err(std::io::Error::other),
+        )))
     }
 
     fn wait(&self) -> Result<(), EndpointError> {
         let reply = self.conn.call(Body::SinkWait)?;
         expect_reply!(reply, Body::Done => ())?;
         self.drain(true)
-    }
-}
-
-struct RemoteWriter<'a> {
-    conn: &'a Connection,
-    id: u64,
-    compress: bool,
-}
-
-impl FileWriter for RemoteWriter<'_> {
-    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let body = file_data(self.id, data, self.compress)?;
-        self.conn
-            .send(0, body, false)
-            .map_err(std::io::Error::other)
-    }
-
-    fn copy(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.conn
-            .send(
-                0,
-                Body::FileCopy {
-                    id: self.id,
-                    offset,
-                    len,
-                },
-                false,
-            )
-            .map_err(std::io::Error::other)
-    }
-
-    fn finish(self: Box<Self>, end: SourceEnd) {
-        // A failure to send shows when the sink waits for the results.
-        let _ = self.conn.send(0, Body::FileEnd { id: self.id, end }, false);
     }
 }
 
