@@ -563,25 +563,6 @@ pub fn xattr_pairs_hash(pairs: &Xattrs) -> Hash {
     *hasher.finalize().as_bytes()
 }
 
-/// Copies `data` to `out`, returning the BLAKE3 of what was copied and its length.
-pub fn copy_hashing(data: &mut dyn Read, out: &mut dyn Write) -> io::Result<(Hash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-    Ok((*hasher.finalize().as_bytes(), total))
-}
-
 /// Removes temporary files left in `paths` by processes that are gone.
 pub fn remove_stale_temps(paths: &[PathBuf]) {
     for path in paths {
