@@ -358,6 +358,26 @@ pub enum Difference {
 }
 
 impl Entry {
+    /// An entry with only a path and a kind (everything else zero): for an
+    /// operation that needs nothing more, such as deleting a path.
+    pub fn bare(path: RelPath, kind: Kind) -> Entry {
+        Entry {
+            path,
+            kind,
+            size: 0,
+            mtime: Mtime::default(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            ino: 0,
+            hash: None,
+            link_target: None,
+            xattr_hash: None,
+            racy: false,
+        }
+    }
+
     /// True when this entry is, by its stat alone, the same file as `older`
     /// (the snapshot row): the scanner then reuses the recorded hash.
     pub fn same_stat(&self, older: &Entry) -> bool {

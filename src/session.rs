@@ -549,21 +549,7 @@ impl Run<'_> {
                     .target_now
                     .get(&path)
                     .cloned()
-                    .unwrap_or_else(|| Entry {
-                        path: path.clone(),
-                        kind: Kind::File,
-                        size: 0,
-                        mtime: Default::default(),
-                        mode: 0,
-                        uid: 0,
-                        gid: 0,
-                        dev: 0,
-                        ino: 0,
-                        hash: None,
-                        link_target: None,
-                        xattr_hash: None,
-                        racy: false,
-                    });
+                    .unwrap_or_else(|| Entry::bare(path.clone(), Kind::File));
                 entry.path = path;
                 (Op::Delete { entry }, None)
             })

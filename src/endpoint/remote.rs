@@ -535,15 +535,7 @@ fn receive_stream(
         let body = rx.recv().map_err(|_| None)?;
         match body {
             Body::FileOpen(job) => {
-                let Some(ours) = asked.get(&job.id) else {
-                    return Err(refuse(format!(
-                        "sent file {} that was not asked for",
-                        job.id
-                    )));
-                };
-                if !seen.insert(job.id) {
-                    return Err(refuse(format!("sent file {} twice", job.id)));
-                }
+                let ours = claim(asked, &mut seen, job.id)?;
                 if let Some(writer) = sink.open(ours) {
                     open.insert(job.id, writer);
                 }
@@ -583,15 +575,7 @@ fn receive_stream(
                 compressed,
                 end,
             } => {
-                let Some(ours) = asked.get(&job.id) else {
-                    return Err(refuse(format!(
-                        "sent file {} that was not asked for",
-                        job.id
-                    )));
-                };
-                if !seen.insert(job.id) {
-                    return Err(refuse(format!("sent file {} twice", job.id)));
-                }
+                let ours = claim(asked, &mut seen, job.id)?;
                 let data = file_data_bytes(data, compressed)
                     .map_err(|e| Some(EndpointError::Refused(e.to_string())))?;
                 if let Some(mut writer) = sink.open(ours) {
@@ -612,6 +596,24 @@ fn receive_stream(
             other => return Err(Some(unexpected(&other))),
         }
     }
+}
+
+/// A pulled file may start once, and only if it was asked for; the near
+/// end's own job for it is what the sink gets.
+fn claim<'j>(
+    asked: &HashMap<u64, &'j FileJob>,
+    seen: &mut std::collections::HashSet<u64>,
+    id: u64,
+) -> Result<&'j FileJob, Option<EndpointError>> {
+    let refuse = |what: String| Some(EndpointError::Refused(format!("the far end {what}")));
+    let ours = asked
+        .get(&id)
+        .copied()
+        .ok_or_else(|| refuse(format!("sent file {id} that was not asked for")))?;
+    if !seen.insert(id) {
+        return Err(refuse(format!("sent file {id} twice")));
+    }
+    Ok(ours)
 }
 
 /// Sends files to a far target; its results come back on the connection.

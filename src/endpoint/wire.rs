@@ -98,27 +98,13 @@ impl<F: Fn(Body) -> io::Result<()> + Send> FileWriter for WireFileWriter<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Entry, Kind, Mtime, RelPath};
+    use crate::model::{Entry, Kind, RelPath};
     use std::sync::Mutex;
 
     fn job() -> FileJob {
         FileJob {
             id: 7,
-            entry: Entry {
-                path: RelPath::new(b"f").unwrap(),
-                kind: Kind::File,
-                size: 0,
-                mtime: Mtime::default(),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                dev: 0,
-                ino: 0,
-                hash: None,
-                link_target: None,
-                xattr_hash: None,
-                racy: false,
-            },
+            entry: Entry::bare(RelPath::new(b"f").unwrap(), Kind::File),
             basis: None,
         }
     }
