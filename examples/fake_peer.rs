@@ -249,7 +249,7 @@ fn entry(
         dev: 0xfa4e,
         ino: 0xfa4e_0000 + path.len() as u64,
         hash,
-        link_target: link,
+        link_target: link.map(Vec::into_boxed_slice),
         xattr_hash: None,
         racy: false,
     }

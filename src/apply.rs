@@ -168,7 +168,7 @@ impl LocalTree {
         if self.preserve.xattrs {
             entry.xattr_hash = crate::scan::read_xattrs(&abs, kind)
                 .ok()
-                .map(|pairs| xattr_pairs_hash(&pairs));
+                .map(|pairs| Box::new(xattr_pairs_hash(&pairs)));
         }
         Ok(entry)
     }

@@ -327,9 +327,11 @@ pub struct Entry {
     /// BLAKE3 of the content, for files; `None` until something needed it.
     pub hash: Option<Hash>,
     /// Symlink target, as bytes.
-    pub link_target: Option<Vec<u8>>,
+    pub link_target: Option<Box<[u8]>>,
     /// BLAKE3 over the sorted extended attributes, when `--xattrs` is on.
-    pub xattr_hash: Option<Hash>,
+    /// (Boxed: most entries have none, and every entry's size counts when a
+    /// tree of millions is held.)
+    pub xattr_hash: Option<Box<Hash>>,
     /// The file's mtime was so close to the moment it was scanned that a
     /// second write in the same clock tick would not show in its stat: the
     /// next scan re-reads its content instead of trusting size and mtime.
@@ -427,6 +429,16 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_stay_compact() {
+        // A tree of millions is held as entries: keep them small.
+        assert!(
+            std::mem::size_of::<Entry>() <= 128,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
 
     fn p(s: &str) -> RelPath {
         RelPath::new(s.as_bytes()).unwrap()

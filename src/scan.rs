@@ -277,8 +277,8 @@ pub fn entry_from_metadata(
         dev: meta.dev(),
         ino: meta.ino(),
         hash: None,
-        link_target,
-        xattr_hash,
+        link_target: link_target.map(Vec::into_boxed_slice),
+        xattr_hash: xattr_hash.map(Box::new),
         racy: false,
     }
 }

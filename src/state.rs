@@ -504,8 +504,8 @@ fn row_to_entry(row: &rusqlite::Row) -> Result<RowResult, rusqlite::Error> {
         dev: raw.dev,
         ino: raw.ino,
         hash,
-        link_target: raw.link_target,
-        xattr_hash,
+        link_target: raw.link_target.map(Vec::into_boxed_slice),
+        xattr_hash: xattr_hash.map(Box::new),
         racy,
     }))
 }
