@@ -112,22 +112,7 @@ if [[ $CACHE == warm ]]; then
     for tool in snapsync rsync cp; do run_one initial "$tool" 0 0; done
 fi
 
-log "scenario 1: initial copy"
-for ((r = 1; r <= REPS; r++)); do
-    for tool in snapsync rsync cp; do run_one initial "$tool" "$r" 1; done
-done
-
-log "scenario 2: re-sync, nothing changed"
-for ((r = 1; r <= REPS; r++)); do
-    for tool in snapsync rsync; do run_one no-change "$tool" "$r" 1; done
-done
-
-log "scenario 3: re-sync after modifying ${MODIFY_PCT}% of files"
-for ((r = 1; r <= REPS; r++)); do
-    # every target is in sync with SRC here (verified after its last run)
-    modify_tree "$SRC" "$r" "$SRC_MANIFEST"
-    for tool in snapsync rsync; do run_one modified "$tool" "$r" 1; done
-done
+scenarios_1_to_3 "snapsync rsync cp" "snapsync rsync" "$SRC_MANIFEST"
 load_end=$(loadavg)
 
 # --- report ----------------------------------------------------------------------

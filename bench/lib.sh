@@ -192,6 +192,27 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # --- trees and verification ----------------------------------------------------
 
 # Save the manifest of a tree (gen_tree.py manifest) for later comparisons.
+# Scenarios 1-3, the same in every family: initial sync (tools: $1), a
+# no-change re-sync and one after modify_tree (tools: $2), REPS times each,
+# tools interleaved. run_one is the family's own.
+scenarios_1_to_3() { # "initial tools" "re-sync tools" src-manifest
+    local r tool
+    log "scenario 1: initial ${INITIAL_VERB:-copy}"
+    for ((r = 1; r <= REPS; r++)); do
+        for tool in $1; do run_one initial "$tool" "$r" 1; done
+    done
+    log "scenario 2: re-sync, nothing changed"
+    for ((r = 1; r <= REPS; r++)); do
+        for tool in $2; do run_one no-change "$tool" "$r" 1; done
+    done
+    log "scenario 3: re-sync after modifying ${MODIFY_PCT}% of files"
+    for ((r = 1; r <= REPS; r++)); do
+        # every target is in sync with SRC here (verified after its last run)
+        modify_tree "$SRC" "$r" "$3"
+        for tool in $2; do run_one modified "$tool" "$r" 1; done
+    done
+}
+
 refresh_manifest() { python3 "$GEN" manifest "$1" >"$2"; } # dir manifest
 
 # Generate the tree of FILES files from SEED in a directory and save its

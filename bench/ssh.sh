@@ -299,22 +299,7 @@ if [[ $CACHE == warm ]]; then
     for tool in snapsync rsync; do run_one big-initial "$tool" 0 0; done
 fi
 
-log "scenario 1: initial push"
-for ((r = 1; r <= REPS; r++)); do
-    for tool in snapsync rsync; do run_one initial "$tool" "$r" 1; done
-done
-
-log "scenario 2: re-sync, nothing changed"
-for ((r = 1; r <= REPS; r++)); do
-    for tool in snapsync rsync; do run_one no-change "$tool" "$r" 1; done
-done
-
-log "scenario 3: re-sync after modifying ${MODIFY_PCT}% of files"
-for ((r = 1; r <= REPS; r++)); do
-    # every target is in sync with SRC here (verified after its last run)
-    modify_tree "$SRC" "$r" "$WORK/src.manifest"
-    for tool in snapsync rsync; do run_one modified "$tool" "$r" 1; done
-done
+INITIAL_VERB=push scenarios_1_to_3 "snapsync rsync" "snapsync rsync" "$WORK/src.manifest"
 
 log "scenario 4: re-sync after renaming a directory of $RENAME_FILES files"
 python3 "$GEN" gen "$SRC/renamed-0" --files "$RENAME_FILES" --seed "$((SEED * 1000 + 500))" --flat >/dev/null

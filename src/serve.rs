@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use crate::endpoint::wire::WireFileWriter;
+use crate::endpoint::wire::{write_whole, WireFileWriter};
 use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint};
 use crate::protocol::{
     file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError, CAPABILITIES,
@@ -193,10 +193,7 @@ fn serve_session(
                 end,
             } => {
                 let data = file_data_bytes(data, compressed)?;
-                if let Some(mut writer) = sink.open(&job) {
-                    let _ = writer.literal(&data);
-                    writer.finish(end);
-                }
+                write_whole(sink.as_ref(), &job, &data, end);
                 None
             }
             Body::SinkWait => Some(Body::Done),

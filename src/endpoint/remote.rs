@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use super::wire::WireFileWriter;
+use super::wire::{write_whole, WireFileWriter};
 use super::{
     Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, RunEnd,
     SessionRequest, SourceEnd,
@@ -578,10 +578,7 @@ fn receive_stream(
                 let ours = claim(asked, &mut seen, job.id)?;
                 let data = file_data_bytes(data, compressed)
                     .map_err(|e| Some(EndpointError::Refused(e.to_string())))?;
-                if let Some(mut writer) = sink.open(ours) {
-                    let _ = writer.literal(&data);
-                    writer.finish(end);
-                }
+                write_whole(sink, ours, &data, end);
             }
             Body::FilesDone => {
                 // Files the far end never finished fail, they are not lost.

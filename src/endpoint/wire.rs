@@ -4,11 +4,20 @@
 
 use std::io;
 
-use super::{FileJob, FileWriter, SourceEnd};
+use super::{FileJob, FileSink, FileWriter, SourceEnd};
 use crate::protocol::{encode_data, Body};
 
 /// Files whose data fits in this many bytes travel as one message.
 pub const SMALL_FILE: usize = 64 * 1024;
+
+/// Hands a file that arrived whole (one `FileWhole` message) to `sink`.
+pub fn write_whole(sink: &dyn FileSink, job: &FileJob, data: &[u8], end: SourceEnd) {
+    if let Some(mut writer) = sink.open(job) {
+        // A write error is kept by the writer and reported by `finish`.
+        let _ = writer.literal(data);
+        writer.finish(end);
+    }
+}
 
 /// Turns one file's stream into messages handed to `send`.
 pub struct WireFileWriter<F> {

@@ -174,21 +174,32 @@ pub fn tree_without_dir_times(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     out
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>, dir_times: bool) {
+/// The entries of `dir` (not following links), sorted by name, each with
+/// its path relative to `root`; the top-level `.snapsync` is left out.
+fn children(root: &Path, dir: &Path) -> Vec<(Vec<u8>, PathBuf, fs::Metadata)> {
     let mut items: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
     items.sort_by_key(|e| e.file_name());
-    for item in items {
-        let path = item.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        if rel == b".snapsync" {
-            continue;
-        }
-        let meta = fs::symlink_metadata(&path).unwrap();
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let path = item.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel == b".snapsync" {
+                return None;
+            }
+            let meta = fs::symlink_metadata(&path).unwrap();
+            Some((rel, path, meta))
+        })
+        .collect()
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>, dir_times: bool) {
+    for (rel, path, meta) in children(root, dir) {
         let mtime = (meta.mtime(), meta.mtime_nsec());
         let node = if meta.file_type().is_symlink() {
             Node::Link {
@@ -263,18 +274,7 @@ pub fn identities(root: &Path) -> BTreeMap<Vec<u8>, (u64, i64, i64)> {
 }
 
 fn walk_identities(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, (u64, i64, i64)>) {
-    for item in fs::read_dir(dir).unwrap() {
-        let path = item.unwrap().path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
-        if rel == b".snapsync" {
-            continue;
-        }
-        let meta = fs::symlink_metadata(&path).unwrap();
+    for (rel, path, meta) in children(root, dir) {
         out.insert(rel, (meta.ino(), meta.ctime(), meta.ctime_nsec()));
         if meta.is_dir() {
             walk_identities(root, &path, out);
