@@ -1,12 +1,13 @@
 //! snapsync: snapshot-based synchronization of directory trees.
 //!
 //! Data flows one way: [`scan`] → [`changes`] (change set) → [`reconcile`]
-//! ([`plan`]) → [`apply`] through an [`endpoint`] → [`state`] (snapshot
+//! ([`plan`]; [`bidi`] for both ways) → [`apply`] through an [`endpoint`] → [`state`] (snapshot
 //! commit). [`session`] drives one run. The library knows nothing of the
 //! terminal: the binary (`src/main.rs`, `src/cli/`) parses arguments, prints
 //! and chooses exit codes.
 
 pub mod apply;
+pub mod bidi;
 pub mod changes;
 pub mod delta;
 pub mod endpoint;
@@ -21,4 +22,4 @@ pub mod session;
 pub mod state;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

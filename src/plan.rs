@@ -126,6 +126,16 @@ impl Plan {
 }
 
 impl PlanCounts {
+    /// Adds another plan's counts to these.
+    pub fn merge(&mut self, other: &PlanCounts) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.renamed += other.renamed;
+        self.copied += other.copied;
+        self.bytes_to_send += other.bytes_to_send;
+    }
+
     pub fn add(&mut self, item: &Item) {
         let new_or_updated = |counts: &mut PlanCounts| {
             if item.replaces {

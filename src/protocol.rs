@@ -63,6 +63,7 @@ pub enum Body {
     Lookup(Vec<RelPath>),
     FindContent(Vec<Hash>),
     Signatures(Vec<RelPath>),
+    HashFiles(Vec<RelPath>),
     ReadXattrs(Vec<Entry>),
     Apply {
         ops: Vec<(Op, Option<Xattrs>)>,
@@ -91,6 +92,7 @@ pub enum Body {
     Entries(Vec<Entry>),
     Content(Vec<(Hash, Vec<RelPath>)>),
     Signed(Vec<(RelPath, Signature)>),
+    Hashes(Vec<(RelPath, Hash)>),
     Xattrs(Vec<Option<Xattrs>>),
     Applied(Vec<Result<Applied, OpFailure>>),
     Done,

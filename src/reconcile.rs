@@ -31,6 +31,10 @@ pub struct ReplicaInput<'a> {
     pub target_now: &'a HashMap<RelPath, Entry>,
     /// Target paths that hold a given content, as the target knows it.
     pub target_content: &'a HashMap<Hash, Vec<RelPath>>,
+    /// Directories whose times and permissions the target must end with,
+    /// where that is not the source's entry (bidi: a directory whose own
+    /// change the other direction carries). Empty for a replica.
+    pub restore_as: &'a HashMap<RelPath, Entry>,
 }
 
 /// True when `path` lies strictly inside a directory the source renamed
@@ -417,7 +421,14 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         });
     }
 
-    restore_touched_directories(&mut items, &desired);
+    let restored = |path: &RelPath| {
+        input
+            .restore_as
+            .get(path)
+            .cloned()
+            .or_else(|| desired(path))
+    };
+    restore_touched_directories(&mut items, &restored);
     Plan { items }
 }
 
@@ -565,6 +576,7 @@ mod tests {
             source_now: &source.1,
             target_now: &target.1,
             target_content: &content,
+            restore_as: &HashMap::new(),
         };
         let plan = plan_replica(&input, &options);
         let mut lines: Vec<String> = plan
@@ -734,6 +746,7 @@ mod tests {
             source_now: &empty,
             target_now: &empty,
             target_content: &HashMap::new(),
+            restore_as: &HashMap::new(),
         };
         let plan = plan_replica(&input, &ReplicaOptions::default());
         assert!(plan.touches_nothing());

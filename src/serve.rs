@@ -128,6 +128,11 @@ fn serve_session(
                     .signatures(&paths)
                     .map_or_else(failed, |map| Body::Signed(map.into_iter().collect())),
             ),
+            Body::HashFiles(paths) => Some(
+                endpoint
+                    .hash_files(&paths)
+                    .map_or_else(failed, |map| Body::Hashes(map.into_iter().collect())),
+            ),
             Body::ReadXattrs(entries) => Some(
                 endpoint
                     .read_xattrs(&entries)

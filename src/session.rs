@@ -11,17 +11,20 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::apply::Xattrs;
+use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
+use crate::changes::ChangeSet;
 use crate::changes::DiffOptions;
 use crate::endpoint::{
     Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, RunEnd, SessionRequest,
 };
-use crate::model::{Entry, Kind, RelPath};
+use crate::model::{Entry, Hash, Kind, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
     hashes_wanted, paths_to_look_up, plan_replica, target_paths_to_look_up, ReplicaInput,
     ReplicaOptions,
 };
 use crate::state::{chrono_like_now, SnapshotUpdate};
+use crate::state::{ConflictRecord, Decision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -29,6 +32,8 @@ pub enum Direction {
     Push,
     /// REMOTE → LOCAL.
     Pull,
+    /// Both ways.
+    Bidi,
 }
 
 impl Direction {
@@ -36,6 +41,7 @@ impl Direction {
         match self {
             Direction::Push => "push",
             Direction::Pull => "pull",
+            Direction::Bidi => "bidi",
         }
     }
 }
@@ -53,7 +59,10 @@ pub struct SyncOptions {
 /// Hears about a run as it goes: the CLI's progress bar and `-v` lines.
 pub trait Observer: Sync {
     fn planned(&self, _plan: &Plan) {}
-    fn done(&self, _item: &Item, _bytes: u64) {}
+    /// An item is done; `toward` says which root it changed (bidi only).
+    fn done(&self, _item: &Item, _bytes: u64, _toward: Option<Side>) {}
+    /// A bidi run found a conflict; it is left as it is on both sides.
+    fn conflict(&self, _conflict: &Conflict) {}
     fn warning(&self, _message: &str) {}
 }
 
@@ -79,7 +88,12 @@ pub struct Summary {
 
 pub struct Outcome {
     pub summary: Summary,
+    /// What was planned for the target (bidi: for the remote root).
     pub plan: Plan,
+    /// Bidi: what was planned for the local root.
+    pub plan_to_local: Plan,
+    /// Bidi: paths left as they are on both sides.
+    pub conflicts: Vec<Conflict>,
     /// Paths that failed, with what happened; all others were synced.
     pub failures: Vec<(RelPath, String)>,
     /// Stopped by a signal before the plan was done.
@@ -101,6 +115,7 @@ pub fn run_replica(
     let (source, target) = match options.direction {
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
+        Direction::Bidi => return run_bidi(local, remote, options, observer, stop),
     };
     let request = |role| SessionRequest {
         session: options.session.clone(),
@@ -148,6 +163,7 @@ pub fn run_replica(
             source_now: &source_now,
             target_now: &target_now,
             target_content: &content,
+            restore_as: &HashMap::new(),
         },
         &options.replica,
     );
@@ -163,41 +179,30 @@ pub fn run_replica(
         return Ok(Outcome {
             summary,
             plan,
+            plan_to_local: Plan::default(),
+            conflicts: Vec::new(),
             failures,
             interrupted: false,
         });
     }
 
-    let run = Run {
+    let done = carry_out(
         source,
         target,
+        &plan,
+        options,
         observer,
         stop,
-        xattrs: options.diff.preserve.xattrs,
-        target_now: &target_now,
-        pending: Mutex::new(Pending::default()),
-        counts: Mutex::new(PlanCounts::default()),
-        bytes: AtomicU64::new(0),
-        failures: Mutex::new(failures),
-        failed_prefixes: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        interrupted: AtomicBool::new(false),
-    };
-    run.execute(&plan);
-    run.flush();
-    if let Some(error) = run.fatal.lock().unwrap().take() {
+        &target_now,
+        None,
+    );
+    if let Some(error) = done.fatal {
         return Err(error);
     }
-    let interrupted = run.interrupted.load(Ordering::SeqCst);
-    let counts = *run.counts.lock().unwrap();
-    let mut failures = run.failures.into_inner().unwrap();
+    let interrupted = done.interrupted;
+    failures.extend(done.failures);
     failures.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut summary = summary_from(
-        counts,
-        run.bytes.load(Ordering::SeqCst),
-        options.direction,
-        &failures,
-    );
+    let mut summary = summary_from(done.counts, done.bytes, options.direction, &failures);
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
     (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
@@ -208,15 +213,360 @@ pub fn run_replica(
         started: started_at.clone(),
         summary: record.clone(),
         peer_root_id,
+        conflicts: Vec::new(),
     };
     target.finish(&end(source_id))?;
     source.finish(&end(target_id))?;
     Ok(Outcome {
         summary,
         plan,
+        plan_to_local: Plan::default(),
+        conflicts: Vec::new(),
         failures,
         interrupted,
     })
+}
+
+/// What carrying out one plan did.
+struct Carried {
+    counts: PlanCounts,
+    bytes: u64,
+    failures: Vec<(RelPath, String)>,
+    fatal: Option<EndpointError>,
+    interrupted: bool,
+}
+
+/// Carries out `plan` on `target` with data from `source`, settling each
+/// item in both snapshots as it succeeds.
+#[allow(clippy::too_many_arguments)]
+fn carry_out(
+    source: &dyn Endpoint,
+    target: &dyn Endpoint,
+    plan: &Plan,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    target_now: &HashMap<RelPath, Entry>,
+    toward: Option<Side>,
+) -> Carried {
+    let run = Run {
+        source,
+        target,
+        observer,
+        stop,
+        toward,
+        xattrs: options.diff.preserve.xattrs,
+        target_now,
+        pending: Mutex::new(Pending::default()),
+        counts: Mutex::new(PlanCounts::default()),
+        bytes: AtomicU64::new(0),
+        failures: Mutex::new(Vec::new()),
+        failed_prefixes: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+        interrupted: AtomicBool::new(false),
+    };
+    run.execute(plan);
+    run.flush();
+    let fatal = run.fatal.lock().unwrap().take();
+    let counts = *run.counts.lock().unwrap();
+    Carried {
+        counts,
+        bytes: run.bytes.load(Ordering::SeqCst),
+        interrupted: run.interrupted.load(Ordering::SeqCst),
+        failures: run.failures.into_inner().unwrap(),
+        fatal,
+    }
+}
+
+/// Runs one bidi sync between `local` and `remote`: each side's changes
+/// since the common snapshot go to the other; what both changed in ways
+/// that cannot be merged is left as it is and reported as a conflict.
+pub fn run_bidi(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+) -> Result<Outcome, EndpointError> {
+    let clock = Instant::now();
+    let started_at = chrono_like_now();
+    let request = SessionRequest {
+        session: options.session.clone(),
+        direction: Direction::Bidi.as_str().to_string(),
+        role: Role::Both,
+        reset: options.reset,
+        dry_run: options.dry_run,
+    };
+    let local_facts = local.open_session(&request)?;
+    let remote_facts = remote.open_session(&request)?;
+    let (local_id, remote_id) = (local.root_id(), remote.root_id());
+    let root_id = |side: Side| match side {
+        Side::Local => local_id.clone(),
+        Side::Remote => remote_id.clone(),
+    };
+    let endpoint = |side: Side| match side {
+        Side::Local => local,
+        Side::Remote => remote,
+    };
+
+    // Decisions made with `resolve` on either side, in this run's words.
+    let mut decided: Vec<(Side, Decision)> = Vec::new();
+    decided.extend(local_facts.decisions.into_iter().map(|d| (Side::Local, d)));
+    decided.extend(
+        remote_facts
+            .decisions
+            .into_iter()
+            .map(|d| (Side::Remote, d)),
+    );
+    let mut failures: Vec<(RelPath, String)> = Vec::new();
+    let mut keep_newer: Vec<RelPath> = Vec::new();
+    let mut keep_both: Vec<(RelPath, Side, String)> = Vec::new();
+    let mut decisions: HashMap<RelPath, Side> = HashMap::new();
+    // A decision made here wins over one made on the other side.
+    for (made_on, decision) in decided.into_iter().rev() {
+        let winner = match decision.keep.as_str() {
+            "local" | "both" => made_on,
+            "remote" => made_on.other(),
+            "newer" => {
+                keep_newer.push(decision.path.clone());
+                continue;
+            }
+            other => {
+                observer.warning(&format!(
+                    "ignoring an unknown decision `{other}` for {}",
+                    decision.path
+                ));
+                continue;
+            }
+        };
+        if decision.keep == "both" {
+            keep_both.push((
+                decision.path.clone(),
+                winner.other(),
+                decision.decided.clone(),
+            ));
+        }
+        decisions.insert(decision.path, winner);
+    }
+
+    let scan_both = || {
+        let (local_set, remote_set) = std::thread::scope(|scope| {
+            let remote_scan = scope.spawn(|| remote.scan(&options.diff));
+            let local_set = local.scan(&options.diff);
+            let remote_set = remote_scan
+                .join()
+                .unwrap_or_else(|_| Err(EndpointError::Root("the remote scan failed".into())));
+            (local_set, remote_set)
+        });
+        Ok::<_, EndpointError>((local_set?, remote_set?))
+    };
+    let (mut local_set, mut remote_set) = scan_both()?;
+    if !options.dry_run && !keep_both.is_empty() {
+        // `resolve --keep both`: the other side's version moves aside under
+        // a name of its own, then both names are synced as any change is.
+        let mut moved = false;
+        for (path, loser, decided) in &keep_both {
+            let set = match loser {
+                Side::Local => &local_set,
+                Side::Remote => &remote_set,
+            };
+            if set.get(path).is_none_or(|c| c.after.is_none()) {
+                continue;
+            }
+            let id = root_id(*loser).unwrap_or_default();
+            let Some(aside) = conflict_copy_name(path, &id, decided) else {
+                continue;
+            };
+            let rename = Op::Rename {
+                from: path.clone(),
+                to: aside,
+            };
+            match endpoint(*loser).apply(&[(rename, None)], false)?.pop() {
+                Some(Err(failure)) => {
+                    decisions.remove(path);
+                    failures.push((path.clone(), failure.message));
+                }
+                _ => moved = true,
+            }
+        }
+        if moved {
+            (local_set, remote_set) = scan_both()?;
+        }
+    }
+    for warning in local_set.warnings.iter().chain(&remote_set.warnings) {
+        observer.warning(warning);
+    }
+    for (set, side) in [(&local_set, local), (&remote_set, remote)] {
+        for (dir, reason) in &set.unreadable {
+            failures.push((
+                dir.clone(),
+                format!(
+                    "cannot read directory {dir} in {}: {reason}",
+                    side.describe()
+                ),
+            ));
+        }
+    }
+    // Files both sides changed to the same size are compared by content.
+    let local_hashes = local.hash_files(&paths_to_hash(&local_set, &remote_set))?;
+    let remote_hashes = remote.hash_files(&paths_to_hash(&remote_set, &local_set))?;
+    fill_hashes(&mut local_set, &local_hashes);
+    fill_hashes(&mut remote_set, &remote_hashes);
+
+    let local_now = local.lookup(&target_paths_to_look_up(&remote_set, &local_set))?;
+    let remote_now = remote.lookup(&target_paths_to_look_up(&local_set, &remote_set))?;
+    let local_content = local.find_content(&hashes_wanted(&remote_set))?;
+    let remote_content = remote.find_content(&hashes_wanted(&local_set))?;
+    for path in keep_newer {
+        let state = |set: &ChangeSet, now: &HashMap<RelPath, Entry>| match set.get(&path) {
+            Some(change) => change.after.clone(),
+            None => now.get(&path).cloned(),
+        };
+        let l = state(&local_set, &local_now).map(|e| e.mtime);
+        let r = state(&remote_set, &remote_now).map(|e| e.mtime);
+        // What is gone counts as oldest; a tie keeps the local version.
+        let winner = if r > l { Side::Remote } else { Side::Local };
+        decisions.entry(path).or_insert(winner);
+    }
+    let plan = plan_bidi(&BidiInput {
+        local: &local_set,
+        remote: &remote_set,
+        local_now: &local_now,
+        remote_now: &remote_now,
+        local_content: &local_content,
+        remote_content: &remote_content,
+        decisions: &decisions,
+        preserve: options.diff.preserve,
+    });
+    observer.planned(&Plan {
+        items: plan
+            .to_remote
+            .items
+            .iter()
+            .chain(&plan.to_local.items)
+            .cloned()
+            .collect(),
+    });
+    for conflict in &plan.conflicts {
+        observer.conflict(conflict);
+    }
+    let files_scanned = local_set.files_scanned + remote_set.files_scanned;
+
+    let mut counts = plan.to_remote.counts();
+    let (mut sent, mut received) = (0, 0);
+    let mut interrupted = false;
+    if options.dry_run {
+        counts.merge(&plan.to_local.counts());
+    } else {
+        let there = carry_out(
+            local,
+            remote,
+            &plan.to_remote,
+            options,
+            observer,
+            stop,
+            &remote_now,
+            Some(Side::Remote),
+        );
+        failures.extend(there.failures);
+        if let Some(error) = there.fatal {
+            return Err(error);
+        }
+        counts = there.counts;
+        sent = there.bytes;
+        interrupted = there.interrupted;
+        if !interrupted {
+            let here = carry_out(
+                remote,
+                local,
+                &plan.to_local,
+                options,
+                observer,
+                stop,
+                &local_now,
+                Some(Side::Local),
+            );
+            failures.extend(here.failures);
+            if let Some(error) = here.fatal {
+                return Err(error);
+            }
+            counts.merge(&here.counts);
+            received = here.bytes;
+            interrupted = here.interrupted;
+        }
+    }
+    failures.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut summary = summary_from(counts, 0, Direction::Bidi, &failures);
+    summary.bytes_sent = sent;
+    summary.bytes_received = received;
+    summary.conflicts = plan.conflicts.len() as u64;
+    summary.files_scanned = files_scanned;
+    summary.seconds = clock.elapsed().as_secs_f64();
+    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+    if !options.dry_run {
+        let record = serde_json::to_string(&summary).unwrap_or_default();
+        let end = |side: Side| RunEnd {
+            complete: !interrupted,
+            failures: failures.clone(),
+            started: started_at.clone(),
+            summary: record.clone(),
+            peer_root_id: root_id(side.other()),
+            conflicts: plan
+                .conflicts
+                .iter()
+                .map(|c| {
+                    let (here, peer) = match side {
+                        Side::Local => (c.local, c.remote),
+                        Side::Remote => (c.remote, c.local),
+                    };
+                    ConflictRecord {
+                        path: c.path.clone(),
+                        here: here.as_str().to_string(),
+                        peer: peer.as_str().to_string(),
+                    }
+                })
+                .collect(),
+        };
+        remote.finish(&end(Side::Remote))?;
+        local.finish(&end(Side::Local))?;
+    }
+    Ok(Outcome {
+        summary,
+        plan: plan.to_remote,
+        plan_to_local: plan.to_local,
+        conflicts: plan.conflicts,
+        failures,
+        interrupted,
+    })
+}
+
+/// Puts hashes computed after the scan into the change set's entries.
+fn fill_hashes(set: &mut ChangeSet, hashes: &HashMap<RelPath, Hash>) {
+    if hashes.is_empty() {
+        return;
+    }
+    for change in &mut set.changes {
+        if let (Some(after), Some(hash)) = (change.after.as_mut(), hashes.get(&change.path)) {
+            after.hash = Some(*hash);
+        }
+    }
+}
+
+/// `NAME.conflict-<peer>-<YYYYmmdd-HHMMSS>.EXT` beside `path`: where
+/// `resolve --keep both` puts the other side's version. `<peer>` is the
+/// first 8 hex digits of the root id of the side whose version moves.
+pub fn conflict_copy_name(path: &RelPath, peer_root_id: &str, decided: &str) -> Option<RelPath> {
+    let name = path.file_name();
+    let dot = name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0);
+    let (stem, ext) = match dot {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, &b""[..]),
+    };
+    let peer: String = peer_root_id.chars().take(8).collect();
+    let mut new_name = stem.to_vec();
+    new_name.extend_from_slice(format!(".conflict-{peer}-{decided}").as_bytes());
+    new_name.extend_from_slice(ext);
+    path.parent()?.join(&new_name).ok()
 }
 
 fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
@@ -232,7 +582,7 @@ fn summary_from(
     failures: &[(RelPath, String)],
 ) -> Summary {
     let (bytes_sent, bytes_received) = match direction {
-        Direction::Push => (bytes, 0),
+        Direction::Push | Direction::Bidi => (bytes, 0),
         Direction::Pull => (0, bytes),
     };
     Summary {
@@ -276,6 +626,7 @@ struct Run<'a> {
     target: &'a dyn Endpoint,
     observer: &'a dyn Observer,
     stop: &'a AtomicBool,
+    toward: Option<Side>,
     xattrs: bool,
     target_now: &'a HashMap<RelPath, Entry>,
     pending: Mutex<Pending>,
@@ -622,7 +973,7 @@ impl Run<'_> {
         target_updates.extend(item.target_update.clone());
         self.queue(target_updates, source_update);
         self.counts.lock().unwrap().add(item);
-        self.observer.done(item, applied.bytes);
+        self.observer.done(item, applied.bytes, self.toward);
     }
 
     fn queue(&self, target: Vec<SnapshotUpdate>, source: Option<SnapshotUpdate>) {

@@ -151,6 +151,38 @@ pub struct SessionFacts {
     /// Set once a run has completed on this side.
     pub established: bool,
     pub filters: Option<String>,
+    /// Conflicts the user resolved on this side, not yet carried out.
+    pub decisions: Vec<Decision>,
+}
+
+/// A conflict as one side records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictRecord {
+    pub path: RelPath,
+    /// What this side did (`created`, `modified`, `deleted`, `type-changed`, ...).
+    pub here: String,
+    /// What the peer did.
+    pub peer: String,
+}
+
+/// `snapsync resolve`'s choice for one conflicted path, in this side's
+/// words: `local` is this root.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    pub path: RelPath,
+    /// `local`, `remote`, `newer` or `both`.
+    pub keep: String,
+    /// When it was decided, `YYYYmmdd-HHMMSS` UTC (names the copy `both` keeps).
+    pub decided: String,
+}
+
+/// A conflict as `snapsync conflicts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictRow {
+    pub record: ConflictRecord,
+    /// When it was first found (RFC 3339, UTC).
+    pub detected: String,
+    pub decision: Option<Decision>,
 }
 
 impl SessionDb {
@@ -225,6 +257,7 @@ impl SessionDb {
             )
             .map_err(corrupt)?;
         }
+        conn.execute_batch(CONFLICTS_TABLE).map_err(corrupt)?;
         Ok(SessionDb { conn, path })
     }
 
@@ -249,7 +282,112 @@ impl SessionDb {
             peer_root_id: get("peer_root_id")?,
             established: get("established")?.as_deref() == Some("1"),
             filters: get("filters")?,
+            decisions: self
+                .conflicts()?
+                .into_iter()
+                .filter_map(|row| row.decision)
+                .collect(),
         })
+    }
+
+    /// The conflicts the last run left, by path.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, here, peer, detected, keep, decided FROM conflicts ORDER BY path",
+            )
+            .map_err(self.corrupt())?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(self.corrupt())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, here, peer, detected, keep, decided) = row.map_err(self.corrupt())?;
+            let path = RelPath::new(&path).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("conflict row has a bad path: {e}"),
+            })?;
+            let decision = keep.map(|keep| Decision {
+                path: path.clone(),
+                keep,
+                decided: decided.unwrap_or_default(),
+            });
+            out.push(ConflictRow {
+                record: ConflictRecord { path, here, peer },
+                detected,
+                decision,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Replaces the recorded conflicts with those a run found. A conflict
+    /// already known keeps when it was found; one that is gone is dropped
+    /// with its decision, except where carrying the decision out failed
+    /// (`failed`), so that it is tried again.
+    pub fn record_conflicts(
+        &mut self,
+        conflicts: &[ConflictRecord],
+        failed: &[RelPath],
+    ) -> Result<(), StateError> {
+        let now = chrono_like_now();
+        let path = self.path.clone();
+        let corrupt = move |e: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(&corrupt)?;
+        tx.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS still(path BLOB PRIMARY KEY)",
+            [],
+        )
+        .map_err(&corrupt)?;
+        tx.execute("DELETE FROM still", []).map_err(&corrupt)?;
+        for path in conflicts.iter().map(|c| &c.path).chain(failed) {
+            tx.execute(
+                "INSERT OR IGNORE INTO still(path) VALUES (?1)",
+                [path.as_bytes()],
+            )
+            .map_err(&corrupt)?;
+        }
+        tx.execute(
+            "DELETE FROM conflicts WHERE path NOT IN (SELECT path FROM still)",
+            [],
+        )
+        .map_err(&corrupt)?;
+        for c in conflicts {
+            tx.execute(
+                "INSERT INTO conflicts(path, here, peer, detected) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(path) DO UPDATE SET here = excluded.here, peer = excluded.peer",
+                params![c.path.as_bytes(), c.here, c.peer, now],
+            )
+            .map_err(&corrupt)?;
+        }
+        tx.commit().map_err(&corrupt)?;
+        Ok(())
+    }
+
+    /// Records `resolve`'s choice for a conflicted path; false when the
+    /// path is not in conflict in this session.
+    pub fn decide(&self, path: &RelPath, keep: &str, decided: &str) -> Result<bool, StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE conflicts SET keep = ?2, decided = ?3 WHERE path = ?1",
+                params![path.as_bytes(), keep, decided],
+            )
+            .map_err(self.corrupt())?;
+        Ok(changed > 0)
     }
 
     pub fn set_fact(&self, key: &str, value: &str) -> Result<(), StateError> {
@@ -550,6 +688,19 @@ fn subtree_bounds(path: &RelPath) -> (Vec<u8>, Vec<u8>) {
     hi.push(b'/' + 1);
     (lo, hi)
 }
+
+/// Conflicts came after schema version 2 without changing what older
+/// binaries read, so the table is made where missing, in any version.
+const CONFLICTS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS conflicts(
+    path BLOB PRIMARY KEY,
+    here TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    detected TEXT NOT NULL,
+    keep TEXT,
+    decided TEXT
+) WITHOUT ROWID;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

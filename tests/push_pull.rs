@@ -689,7 +689,8 @@ fn version_names_commit_and_protocol() {
     assert_code(&out, 0);
     let text = stdout(&out);
     assert!(
-        text.contains("commit") && text.contains("protocol 1"),
+        text.contains("commit")
+            && text.contains(&format!("protocol {}", snapsync::PROTOCOL_VERSION)),
         "{text}"
     );
 }

@@ -10,7 +10,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 1)"
+    ", protocol 2)"
 );
 
 #[derive(Parser)]
@@ -31,6 +31,12 @@ pub enum Command {
     Push(SyncArgs),
     /// Make LOCAL a replica of REMOTE (REMOTE -> LOCAL)
     Pull(SyncArgs),
+    /// Sync both ways; what changed on both sides in ways that cannot be merged is a conflict
+    Bidi(SyncArgs),
+    /// List the conflicts recorded for the root holding DIR
+    Conflicts(ConflictsArgs),
+    /// Settle conflicts: whose version the next run keeps
+    Resolve(ResolveArgs),
     /// The far end: speaks the protocol on stdin/stdout (started through --rsh)
     Serve,
 }
@@ -82,10 +88,10 @@ pub struct SyncArgs {
     #[arg(long, value_name = "FILE")]
     pub filter_from: Vec<PathBuf>,
 
-    /// Never replace a target file whose mtime is newer than the source's
+    /// Never replace a target file whose mtime is newer than the source's (push and pull)
     #[arg(long)]
     pub newer: bool,
-    /// Do not propagate deletions
+    /// Do not propagate deletions (push and pull)
     #[arg(long)]
     pub no_delete: bool,
     /// Symlinks: replicate as links, copy what they point to, or ignore
@@ -130,4 +136,65 @@ pub struct SyncArgs {
     /// Show a progress bar on stderr (when it is a terminal)
     #[arg(long)]
     pub progress: bool,
+}
+
+/// Where `conflicts` and `resolve` find a root and its state.
+#[derive(Args)]
+pub struct RootArgs {
+    /// The root, when it keeps its state elsewhere (--state-dir); else found
+    /// by walking up to the directory that holds `.snapsync/`
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Where the root keeps its state (default ROOT/.snapsync)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Only this session
+    #[arg(short = 'N', long, value_name = "NAME")]
+    pub session: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ConflictsArgs {
+    /// A directory in the root (default: the working directory)
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Print a JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Keep {
+    /// This root's version
+    Local,
+    /// The peer's version
+    Remote,
+    /// The version with the later mtime (one that still exists beats a deletion)
+    Newer,
+    /// This root's version, and the peer's beside it as NAME.conflict-<peer>-<time>.EXT
+    Both,
+}
+
+impl Keep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::Local => "local",
+            Keep::Remote => "remote",
+            Keep::Newer => "newer",
+            Keep::Both => "both",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ResolveArgs {
+    /// Whose version stands
+    #[arg(long, value_enum, value_name = "SIDE")]
+    pub keep: Keep,
+    /// Conflicted paths (as they are named on this host)
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub root: RootArgs,
 }

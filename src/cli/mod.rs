@@ -1,8 +1,10 @@
 //! Command-line layer: turns flags into the library's plain option structs,
 //! runs the session and maps the outcome to output and exit codes
-//! (0 done, 1 error, 2 usage, 3 some paths failed, 130 interrupted).
+//! (0 done, 1 error, 2 usage, 3 some paths failed, 4 conflicts remain,
+//! 130 interrupted).
 
 mod args;
+mod inspect;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_PARTIAL: i32 = 3;
+pub const EXIT_CONFLICTS: i32 = 4;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A failure before or instead of a run, with its exit code.
@@ -71,6 +74,12 @@ pub fn main() -> i32 {
             let sub = matches.subcommand_matches("pull").expect("pull matched");
             sync(Direction::Pull, &args, sub)
         }
+        Command::Bidi(args) => {
+            let sub = matches.subcommand_matches("bidi").expect("bidi matched");
+            sync(Direction::Bidi, &args, sub)
+        }
+        Command::Conflicts(args) => inspect::conflicts(&args),
+        Command::Resolve(args) => inspect::resolve(&args),
         Command::Serve => serve(),
     };
     match result {
@@ -89,6 +98,11 @@ fn serve() -> Result<i32, Failure> {
 }
 
 fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Result<i32, Failure> {
+    if direction == Direction::Bidi && (args.newer || args.no_delete) {
+        return Err(Failure::usage(
+            "--newer and --no-delete apply to push and pull only; bidi carries every change both ways and turns competing ones into conflicts",
+        ));
+    }
     let filters = filters_in_order(matches)?;
     let local = absolute(&args.local)?;
     let remote_spec = RemoteSpec::parse(&args.remote);
@@ -148,7 +162,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
-    let printer = output::Printer::new(args);
+    let printer = output::Printer::new(args, direction == Direction::Bidi);
     let outcome = run_replica(&local_end, remote_end.as_ref(), &options, &printer, &stop)
         .map_err(|e| Failure::error(e.to_string()))?;
     printer.finish(&outcome);
@@ -156,6 +170,8 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         EXIT_INTERRUPTED
     } else if !outcome.failures.is_empty() {
         EXIT_PARTIAL
+    } else if !outcome.conflicts.is_empty() {
+        EXIT_CONFLICTS
     } else {
         EXIT_OK
     })

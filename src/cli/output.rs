@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::args::SyncArgs;
+use snapsync::bidi::{Conflict, Side};
 use snapsync::plan::{Item, Op, Plan};
 use snapsync::session::{Observer, Outcome, Summary};
 
@@ -16,12 +17,13 @@ pub struct Printer {
     quiet: bool,
     json: bool,
     dry_run: bool,
+    bidi: bool,
     bar: Option<ProgressBar>,
     bytes: AtomicU64,
 }
 
 impl Printer {
-    pub fn new(args: &SyncArgs) -> Self {
+    pub fn new(args: &SyncArgs, bidi: bool) -> Self {
         let bar = (args.progress && std::io::stderr().is_terminal() && !args.quiet).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -40,6 +42,7 @@ impl Printer {
             quiet: args.quiet,
             json: args.json,
             dry_run: args.dry_run,
+            bidi,
             bar,
             bytes: AtomicU64::new(0),
         }
@@ -64,10 +67,16 @@ impl Printer {
                 "snapsync: interrupted; what was done is saved, the next run finishes the rest"
             );
         }
+        let bidi = self.bidi;
         let plan_lines: Vec<String> = if self.dry_run {
-            visible(&outcome.plan)
-                .map(|item| item.to_string())
-                .collect()
+            let lines = |plan, toward| {
+                visible(plan)
+                    .map(move |item| line_for(item, bidi.then_some(toward)))
+                    .collect::<Vec<_>>()
+            };
+            let mut all = lines(&outcome.plan, Side::Remote);
+            all.extend(lines(&outcome.plan_to_local, Side::Local));
+            all
         } else {
             Vec::new()
         };
@@ -102,12 +111,12 @@ impl Observer for Printer {
         }
     }
 
-    fn done(&self, item: &Item, bytes: u64) {
+    fn done(&self, item: &Item, bytes: u64, toward: Option<Side>) {
         if matches!(item.op, Op::Record | Op::SetMeta { restore: true, .. }) {
             return;
         }
         if self.verbose > 0 {
-            self.line(&item.to_string());
+            self.line(&line_for(item, toward));
         }
         if let Some(bar) = &self.bar {
             let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -116,10 +125,30 @@ impl Observer for Printer {
         }
     }
 
+    fn conflict(&self, conflict: &Conflict) {
+        if !self.quiet {
+            self.line(&format!(
+                "snapsync: conflict: {} (local {}, remote {}); left as it is on both sides, see `snapsync conflicts`",
+                conflict.path,
+                conflict.local.as_str(),
+                conflict.remote.as_str()
+            ));
+        }
+    }
+
     fn warning(&self, message: &str) {
         if !self.quiet {
             self.line(&format!("snapsync: warning: {message}"));
         }
+    }
+}
+
+/// A plan item as a line; in bidi, with an arrow for the way it goes.
+fn line_for(item: &Item, toward: Option<Side>) -> String {
+    match toward {
+        None => item.to_string(),
+        Some(Side::Remote) => format!("-> {item}"),
+        Some(Side::Local) => format!("<- {item}"),
     }
 }
 

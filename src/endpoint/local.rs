@@ -266,7 +266,7 @@ impl Endpoint for LocalEndpoint {
                     self.describe()
                 )))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && request.role == Role::Target => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && request.role != Role::Source => {
                 if request.dry_run {
                     missing_root = true;
                 } else {
@@ -462,6 +462,16 @@ impl Endpoint for LocalEndpoint {
         Ok(found)
     }
 
+    fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError> {
+        Ok(paths
+            .par_iter()
+            .filter_map(|path| {
+                let abs = self.tree.checked_path(path).ok()?;
+                Some((path.clone(), crate::scan::hash_file(&abs).ok()?))
+            })
+            .collect())
+    }
+
     fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError> {
         Ok(paths
             .par_iter()
@@ -557,6 +567,8 @@ impl Endpoint for LocalEndpoint {
             .collect();
         db.apply_updates(&forgotten)?;
         db.record_errors(&end.failures)?;
+        let failed: Vec<RelPath> = end.failures.iter().map(|(p, _)| p.clone()).collect();
+        db.record_conflicts(&end.conflicts, &failed)?;
         db.set_fact("direction", &session.request.direction)?;
         db.set_fact("filters", &session.filters_line)?;
         if let Some(peer) = &end.peer_root_id {

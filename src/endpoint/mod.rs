@@ -19,7 +19,7 @@ use crate::changes::{ChangeSet, DiffOptions};
 use crate::delta::Signature;
 use crate::model::{Entry, Hash, RelPath};
 use crate::plan::Op;
-use crate::state::{SessionFacts, SnapshotUpdate, StateError};
+use crate::state::{ConflictRecord, SessionFacts, SnapshotUpdate, StateError};
 
 pub use local::LocalEndpoint;
 pub use remote::{ConnectOptions, RemoteEndpoint, RemoteSpec};
@@ -29,13 +29,15 @@ pub use remote::{ConnectOptions, RemoteEndpoint, RemoteSpec};
 pub enum Role {
     Source,
     Target,
+    /// Bidi: data flows both ways.
+    Both,
 }
 
 /// What a session asks of an endpoint before it scans.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRequest {
     pub session: String,
-    /// `push` or `pull`, as the session was started.
+    /// `push`, `pull` or `bidi`, as the session was started.
     pub direction: String,
     pub role: Role,
     pub reset: bool,
@@ -144,6 +146,10 @@ pub trait Endpoint: Send + Sync {
     /// Paths whose content is known to have these hashes.
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError>;
 
+    /// The content hashes of the files now at these paths (unreadable ones
+    /// are left out).
+    fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError>;
+
     /// Delta signatures of the files now at these paths.
     fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError>;
 
@@ -193,4 +199,6 @@ pub struct RunEnd {
     pub summary: String,
     /// The other endpoint's root id.
     pub peer_root_id: Option<String>,
+    /// Conflicts left after this run, in this endpoint's words (bidi).
+    pub conflicts: Vec<ConflictRecord>,
 }

@@ -433,6 +433,12 @@ impl Endpoint for RemoteEndpoint {
         Ok(content.into_iter().collect())
     }
 
+    fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError> {
+        let reply = self.conn.call(Body::HashFiles(paths.to_vec()))?;
+        let hashes = expect_reply!(reply, Body::Hashes(hashes) => hashes)?;
+        Ok(hashes.into_iter().collect())
+    }
+
     fn signatures(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Signature>, EndpointError> {
         let reply = self.conn.call(Body::Signatures(paths.to_vec()))?;
         let signed = expect_reply!(reply, Body::Signed(signed) => signed)?;

@@ -1,0 +1,207 @@
+//! The commands that read a root's state rather than sync it: `conflicts`
+//! and `resolve`. They find their root the way git finds a repository.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::args::{ConflictsArgs, ResolveArgs, RootArgs};
+use super::{absolute, Failure, EXIT_CONFLICTS, EXIT_OK};
+use snapsync::model::RelPath;
+use snapsync::state::{ConflictRow, SessionDb};
+
+/// A root and where it keeps its state.
+struct Root {
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl Root {
+    /// From `--root`, or walking up from `start` to the nearest directory
+    /// holding `.snapsync/`.
+    fn find(start: &Path, args: &RootArgs) -> Result<Root, Failure> {
+        if let Some(root) = &args.root {
+            let dir = absolute(root)?;
+            let state = match &args.state_dir {
+                Some(state) => absolute(state)?,
+                None => dir.join(".snapsync"),
+            };
+            return Ok(Root { dir, state });
+        }
+        let start = absolute(start)?;
+        let mut at = Some(start.as_path());
+        while let Some(dir) = at {
+            if dir.join(".snapsync").is_dir() {
+                let state = match &args.state_dir {
+                    Some(state) => absolute(state)?,
+                    None => dir.join(".snapsync"),
+                };
+                return Ok(Root {
+                    dir: dir.to_path_buf(),
+                    state,
+                });
+            }
+            at = dir.parent();
+        }
+        Err(Failure::error(format!(
+            "no snapsync root holds {}: no .snapsync/ directory here or above; give --root DIR when the state is kept elsewhere",
+            start.display()
+        )))
+    }
+
+    /// The sessions recorded here (or just `only`), by name.
+    fn sessions(&self, only: Option<&str>) -> Result<Vec<String>, Failure> {
+        if let Some(name) = only {
+            if !SessionDb::path_for(&self.state, name).exists() {
+                return Err(Failure::error(format!(
+                    "no session `{name}` is recorded in {}",
+                    self.state.display()
+                )));
+            }
+            return Ok(vec![name.to_string()]);
+        }
+        let listing = std::fs::read_dir(&self.state)
+            .map_err(|e| Failure::error(format!("cannot read {}: {e}", self.state.display())))?;
+        let mut names: Vec<String> = listing
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str()?.to_string();
+                name.strip_suffix(".db").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&self, session: &str) -> Result<SessionDb, Failure> {
+        SessionDb::open(&self.state, session, false).map_err(|e| Failure::error(e.to_string()))
+    }
+
+    /// `path` (absolute or relative to the working directory) as a path in
+    /// this root.
+    fn relative(&self, path: &Path) -> Result<RelPath, Failure> {
+        let abs = std::path::absolute(path)
+            .map_err(|e| Failure::error(format!("cannot resolve {}: {e}", path.display())))?;
+        // Resolve the directories, not the name itself: it may be a link,
+        // or gone on this side.
+        let (parent, name) = match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => (absolute(parent)?, name.to_os_string()),
+            _ => {
+                return Err(Failure::usage(format!(
+                    "{} names no path in a root",
+                    path.display()
+                )))
+            }
+        };
+        let full = parent.join(name);
+        let inside = full.strip_prefix(&self.dir).map_err(|_| {
+            Failure::usage(format!(
+                "{} is not inside the root {}",
+                path.display(),
+                self.dir.display()
+            ))
+        })?;
+        RelPath::new(inside.as_os_str().as_bytes())
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+    }
+}
+
+pub fn conflicts(args: &ConflictsArgs) -> Result<i32, Failure> {
+    let start = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = Root::find(&start, &args.root)?;
+    let mut listed: Vec<(String, ConflictRow)> = Vec::new();
+    for session in root.sessions(args.root.session.as_deref())? {
+        let db = root.open(&session)?;
+        let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
+        listed.extend(rows.into_iter().map(|row| (session.clone(), row)));
+    }
+    if args.json {
+        let items: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|(session, row)| {
+                json!({
+                    "path": row.record.path.to_string(),
+                    "local": row.record.here,
+                    "remote": row.record.peer,
+                    "session": session,
+                    "detected": row.detected,
+                    "resolution": row.decision.as_ref().map(|d| d.keep.clone()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        for (session, row) in &listed {
+            let pending = match &row.decision {
+                Some(d) => format!("; resolved: keep {}, the next run carries it out", d.keep),
+                None => String::new(),
+            };
+            println!(
+                "{}\tlocal {}, remote {}\t(session {session}, since {}{pending})",
+                row.record.path, row.record.here, row.record.peer, row.detected
+            );
+        }
+        if listed.is_empty() {
+            eprintln!("no conflicts in {}", root.dir.display());
+        }
+    }
+    Ok(if listed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_CONFLICTS
+    })
+}
+
+pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
+    let first = &args.paths[0];
+    let start = first.parent().filter(|p| !p.as_os_str().is_empty());
+    let root = Root::find(start.unwrap_or(Path::new(".")), &args.root)?;
+    let sessions = root.sessions(args.root.session.as_deref())?;
+    let decided = decision_stamp();
+    for path in &args.paths {
+        let rel = root.relative(path)?;
+        let mut holders: Vec<String> = Vec::new();
+        for session in &sessions {
+            let db = root.open(session)?;
+            let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
+            if rows.iter().any(|row| row.record.path == rel) {
+                holders.push(session.clone());
+            }
+        }
+        let session = match holders.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(Failure::error(format!(
+                    "{rel} is not in conflict in {}; `snapsync conflicts` lists what is",
+                    match &args.root.session {
+                        Some(name) => format!("session `{name}`"),
+                        None => format!("any session of {}", root.dir.display()),
+                    }
+                )))
+            }
+            many => {
+                return Err(Failure::usage(format!(
+                    "{rel} is in conflict in several sessions ({}); choose one with --session",
+                    many.join(", ")
+                )))
+            }
+        };
+        let db = root.open(&session)?;
+        db.decide(&rel, args.keep.as_str(), &decided)
+            .map_err(|e| Failure::error(e.to_string()))?;
+        println!(
+            "{rel}: keep {} (session {session}); the next run carries it out",
+            args.keep.as_str()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// Now, as `YYYYmmdd-HHMMSS` UTC.
+fn decision_stamp() -> String {
+    // `2026-11-25T18:30:00Z` → `20261125-183000`
+    let now = snapsync::state::chrono_like_now();
+    let digits: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
+    format!("{}-{}", &digits[..8], &digits[8..14])
+}
