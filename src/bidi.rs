@@ -103,6 +103,12 @@ impl<'a> Sides<'a> {
         self.set(side).get(path)
     }
 
+    /// True when `side` really changed `path` (not merely re-checked it).
+    fn changed(&self, side: Side, path: &RelPath) -> bool {
+        self.change(side, path)
+            .is_some_and(|c| really_changed(c, self.input.preserve))
+    }
+
     fn now(&self, side: Side) -> &'a HashMap<RelPath, Entry> {
         match side {
             Side::Local => self.input.local_now,
@@ -178,6 +184,7 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
         verdicts.insert(TreeKey(path.clone()), verdict);
     }
     clear_away_under_removed_directories(&sides, &mut verdicts);
+    hold_what_lies_under_conflicts(&mut verdicts);
 
     let renames = |side: Side| -> Vec<Rename> {
         sides
@@ -187,7 +194,7 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
             .filter(|r| {
                 [&r.from, &r.to].into_iter().all(|top| {
                     subtree(&verdicts, top).all(|(path, v)| {
-                        *v == Verdict::Stands(side) && sides.change(side.other(), path).is_none()
+                        *v == Verdict::Stands(side) && !sides.changed(side.other(), path)
                     })
                 })
             })
@@ -255,8 +262,18 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
     }
 }
 
+/// False for a row the scan re-checked (by content) that turned out the same.
+fn really_changed(change: &Change, preserve: Preserve) -> bool {
+    match (&change.before, &change.after) {
+        (Some(before), Some(after)) => after.compare(before, preserve) != Difference::Same,
+        _ => true,
+    }
+}
+
 /// The verdict for a path one or both sides changed.
 fn judge(local: Option<&Change>, remote: Option<&Change>, preserve: Preserve) -> Verdict {
+    let changed = |c: &&Change| really_changed(c, preserve);
+    let (local, remote) = (local.filter(changed), remote.filter(changed));
     let (local, remote) = match (local, remote) {
         (Some(_), None) => return Verdict::Stands(Side::Local),
         (None, Some(_)) => return Verdict::Stands(Side::Remote),
@@ -383,6 +400,27 @@ fn clear_away_under_removed_directories(sides: &Sides, verdicts: &mut BTreeMap<T
             Verdict::Held
         };
         verdicts.insert(key, verdict);
+    }
+}
+
+/// Nothing under a conflicted path changes on either side: a conflict is
+/// left as it is, whole.
+fn hold_what_lies_under_conflicts(verdicts: &mut BTreeMap<TreeKey, Verdict>) {
+    let mut held = Vec::new();
+    let mut conflict: Option<&RelPath> = None;
+    for (path, verdict) in verdicts.iter() {
+        if let Some(top) = conflict {
+            if path.0.starts_with(top) {
+                if !matches!(verdict, Verdict::Conflict { .. }) {
+                    held.push(path.clone());
+                }
+                continue;
+            }
+        }
+        conflict = matches!(verdict, Verdict::Conflict { .. }).then_some(&path.0);
+    }
+    for key in held {
+        verdicts.insert(key, Verdict::Held);
     }
 }
 

@@ -281,3 +281,67 @@ fn walk_identities(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, (u64, i6
         }
     }
 }
+
+pub fn bidi(local: &Path, remote: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("bidi").args(extra).arg(local).arg(remote);
+    cmd.output().expect("run snapsync")
+}
+
+/// Runs a bidi sync with `--json`, expecting exit `code`; the summary.
+#[track_caller]
+pub fn bidi_json(local: &Path, remote: &Path, extra: &[&str], code: i32) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = bidi(local, remote, &args);
+    assert_code(&out, code);
+    summary(&out)
+}
+
+/// `snapsync conflicts --json` for the root holding `dir`: (path, local, remote).
+#[track_caller]
+pub fn conflicts(dir: &Path) -> Vec<(String, String, String)> {
+    let out = Command::new(bin())
+        .args(["conflicts", "--json"])
+        .arg(dir)
+        .output()
+        .expect("run snapsync");
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || code == Some(4),
+        "conflicts exit {code:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("conflicts JSON");
+    let rows: Vec<(String, String, String)> = list
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["local"].as_str().unwrap().to_string(),
+                c["remote"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        code == Some(4),
+        !rows.is_empty(),
+        "exit code 4 iff conflicts listed"
+    );
+    rows
+}
+
+/// A `--rsh` program that drops the host and runs the rest here, noting
+/// its process id (that of the far end, which it becomes) in `PIDFILE`.
+pub fn rsh_shim(dir: &Path) -> PathBuf {
+    let shim = dir.join("rsh.sh");
+    fs::write(
+        &shim,
+        "#!/bin/sh\n# Drops the host; runs the rest here.\nshift\necho $$ > \"$(dirname \"$0\")/far.pid\"\nexec \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    shim
+}
