@@ -218,6 +218,34 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
             ..ChangeSet::default()
         }
     };
+    // Paths inside a directory one side renamed (at either place) are not
+    // asked of the other side (see `target_paths_to_look_up`): it holds
+    // them as the snapshot recorded, unless its own change set says
+    // otherwise. The planner must know, as the rename may not be replayed.
+    let now_with_renamed = |side: Side| -> HashMap<RelPath, Entry> {
+        let mut now = sides.now(side).clone();
+        let other = sides.set(side.other());
+        for rename in other.renames.iter().filter(|r| r.kind == Kind::Dir) {
+            let inside = |c: &&Change| {
+                [&rename.from, &rename.to]
+                    .iter()
+                    .any(|top| c.path.starts_with(top) && c.path != **top)
+            };
+            for change in other.changes.iter().filter(inside) {
+                if let (None, Some(before)) = (sides.change(side, &change.path), &change.before) {
+                    now.entry(change.path.clone())
+                        .or_insert_with(|| before.clone());
+                }
+            }
+        }
+        now
+    };
+    let local_now = now_with_renamed(Side::Local);
+    let remote_now = now_with_renamed(Side::Remote);
+    let now = |side: Side| match side {
+        Side::Local => &local_now,
+        Side::Remote => &remote_now,
+    };
     let plan_to = |to: Side| -> Plan {
         let from = to.other();
         let mut source = carried(sides.set(from), to);
@@ -232,8 +260,8 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
             &ReplicaInput {
                 source: &source,
                 target: &target,
-                source_now: sides.now(from),
-                target_now: sides.now(to),
+                source_now: now(from),
+                target_now: now(to),
                 target_content: content,
                 restore_as: &restore_as,
             },

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::changes::ChangeSet;
+use crate::changes::{ChangeSet, Rename};
 use crate::model::{Difference, Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::{Item, Op, Plan};
 use crate::state::SnapshotUpdate;
@@ -147,9 +147,10 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
                 None => input.target_now.get(path).cloned().or_else(|| {
                     // Not asked of the target (see `paths_to_look_up`): it
                     // holds, unchanged, what the source's snapshot recorded.
-                    under_source_rename(path, input.source)
-                        .then(|| input.source.get(path).and_then(|c| c.before.clone()))
-                        .flatten()
+                    (under_source_rename(path, input.source)
+                        || inside_renamed_directory(path, input.source))
+                    .then(|| input.source.get(path).and_then(|c| c.before.clone()))
+                    .flatten()
                 }),
             };
             (path.clone(), now)
@@ -160,7 +161,20 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
     // Paths whose target rows the rename's own snapshot move already settles.
     let mut settled_by_move: HashSet<RelPath> = HashSet::new();
 
-    for rename in &input.source.renames {
+    // A path whose parent the target still holds as a file or link cannot
+    // be written before the deletes phase has made room.
+    let blocked = |actual: &HashMap<RelPath, Option<Entry>>, path: &RelPath| {
+        std::iter::successors(path.parent(), |p| p.parent())
+            .take_while(|p| !p.is_root())
+            .any(|p| matches!(actual.get(&p), Some(Some(e)) if e.kind != Kind::Dir))
+    };
+    // A rename into a directory that another rename brings runs after it
+    // (writing below a missing directory would make an empty one first).
+    let mut renames: Vec<&Rename> = input.source.renames.iter().collect();
+    renames.sort_by_key(|r| r.to.depth());
+    // Directories a rename made on the way to its destination.
+    let mut made_on_the_way: HashSet<RelPath> = HashSet::new();
+    for rename in renames {
         let from = translate(&rename.from, &moves);
         let Some(Some(there)) = actual.get(&from) else {
             continue;
@@ -173,6 +187,8 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
             && (rename.kind != Kind::File
                 || wanted.compare(there, options.preserve) != Difference::Content)
             && matches!(actual.get(&rename.to), None | Some(None))
+            && !blocked(&actual, &rename.to)
+            && !made_on_the_way.contains(&rename.to)
             && !rename.to.starts_with(&from)
             && !from.is_root();
         if !fits {
@@ -207,6 +223,11 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
             source_update: None,
             target_update: None,
         });
+        made_on_the_way.extend(
+            std::iter::successors(rename.to.parent(), |p| p.parent())
+                .take_while(|p| !p.is_root())
+                .filter(|p| matches!(actual.get(p), None | Some(None))),
+        );
         moves.push((from, rename.to.clone()));
     }
 
@@ -267,7 +288,7 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
             .map(|c| translate(c, &moves))
             .filter(|c| c != &entry.path)
             .collect();
-        if !here_is_dir {
+        if !here_is_dir && !blocked(&actual, &entry.path) {
             if let Some(c) = candidates
                 .iter()
                 .find(|c| deleting.contains(*c) && !consumed.contains(*c))
@@ -694,6 +715,24 @@ mod tests {
             ReplicaOptions::default(),
         );
         assert_eq!(lines, vec!["create x/in", "delete x", "mkdir x/"]);
+    }
+
+    #[test]
+    fn nothing_moves_under_a_file_that_is_about_to_become_a_directory() {
+        // f moved into x, which was a file and is now a directory: the
+        // move cannot run before x the file is deleted.
+        let base = vec![file("x", 1, 1), file("f", 2, 2)];
+        let mut moved = file("x/f", 2, 2);
+        moved.path = p("x/f");
+        let now = vec![dir("x", 3), moved];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert!(!lines.iter().any(|l| l.starts_with("rename")), "{lines:?}");
+        assert!(lines.contains(&"delete x".to_string()), "{lines:?}");
+        assert!(lines.contains(&"create x/f".to_string()), "{lines:?}");
     }
 
     #[test]

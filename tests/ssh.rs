@@ -525,3 +525,45 @@ fn a_refused_key_is_reported_not_hung_on() {
     assert!(err.contains("127.0.0.1"), "{err}");
     assert!(!remote.exists());
 }
+
+/// bidi over real ssh: changes both ways, a rename kept as a rename, a
+/// conflict reported with exit 4, listed on both roots, resolved, gone.
+#[test]
+fn bidi_over_ssh() {
+    let sshd = Sshd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for i in 0..30 {
+        write(&a, &format!("dir/f{i}"), &vec![i as u8; 10_000]);
+    }
+    write(&b, "from-b", b"b");
+    write(&a, "c", b"local");
+    write(&b, "c", b"remote!");
+    let out = sshd.snapsync("bidi", &a, &b, &["--json"]);
+    assert_code(&out, 4);
+    assert_eq!(count(&summary(&out), "conflicts"), 1);
+    assert_eq!(read(&a, "from-b"), b"b");
+    assert_eq!(read(&b, "dir/f7"), vec![7u8; 10_000]);
+    assert_eq!(
+        conflicts(&b),
+        vec![("c".into(), "created".into(), "created".into())]
+    );
+
+    let out = Command::new(bin())
+        .args(["resolve", "--keep", "local"])
+        .arg(a.join("c"))
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    fs::rename(a.join("dir"), a.join("dir2")).unwrap();
+    write(&b, "from-b", b"b2");
+    let s = sshd.json("bidi", &a, &b, &[]);
+    assert_eq!(count(&s, "renamed"), 1, "{s}");
+    assert_eq!(count(&s, "conflicts"), 0, "{s}");
+    // The rename and one small edit each way; no file data for the directory.
+    assert!(count(&s, "bytes_sent") <= 10, "{s}");
+    assert!(conflicts(&a).is_empty() && conflicts(&b).is_empty());
+    assert_eq!(read(&b, "c"), b"local");
+    assert_eq!(read(&a, "from-b"), b"b2");
+    assert_same_tree(&a, &b);
+}
