@@ -501,3 +501,65 @@ fn killed_runs_lose_no_edit_and_make_no_false_conflict() {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+#[test]
+fn reset_adopts_equal_trees_without_sending() {
+    let (_tmp, a, b) = roots();
+    for i in 0..20 {
+        write(&a, &format!("f{i}"), format!("content {i}").as_bytes());
+    }
+    bidi_json(&a, &b, &[], 0);
+    let s = bidi_json(&a, &b, &["-x"], 0);
+    for key in [
+        "created",
+        "updated",
+        "deleted",
+        "bytes_sent",
+        "bytes_received",
+        "conflicts",
+    ] {
+        assert_eq!(count(&s, key), 0, "{key}: {s}");
+    }
+    // Without snapshots nothing says which side changed a differing file.
+    write(&a, "f3", b"edited");
+    let s = bidi_json(&a, &b, &["-x"], 4);
+    assert_eq!(count(&s, "conflicts"), 1, "{s}");
+}
+
+#[test]
+fn checksum_finds_content_changes_the_stat_hides() {
+    let (_tmp, a, b) = roots();
+    write(&a, "f", b"aaaa");
+    set_mtime(&a, "f", 1_500_000, 0);
+    bidi_json(&a, &b, &["--checksum"], 0);
+    // Same size and mtime, other content, new inode on the remote.
+    fs::remove_file(b.join("f")).unwrap();
+    write(&b, "f", b"bbbb");
+    set_mtime(&b, "f", 1_500_000, 0);
+    let s = bidi_json(&a, &b, &["--checksum"], 0);
+    assert_eq!(count(&s, "updated"), 1, "{s}");
+    assert_eq!(read(&a, "f"), b"bbbb");
+}
+
+#[test]
+fn links_are_carried_both_ways_or_skipped() {
+    let (_tmp, a, b) = roots();
+    write(&a, "target", b"t");
+    link(&a, "to-target", "target");
+    link(&b, "dangling", "nowhere");
+    bidi_json(&a, &b, &[], 0);
+    assert_eq!(
+        fs::read_link(b.join("to-target")).unwrap(),
+        Path::new("target")
+    );
+    assert_eq!(
+        fs::read_link(a.join("dangling")).unwrap(),
+        Path::new("nowhere")
+    );
+    let (_tmp2, c, d) = roots();
+    link(&c, "l", "x");
+    write(&c, "plain", b"p");
+    bidi_json(&c, &d, &["--links", "skip"], 0);
+    assert!(d.join("plain").exists());
+    assert!(fs::symlink_metadata(d.join("l")).is_err());
+}
