@@ -563,3 +563,21 @@ fn links_are_carried_both_ways_or_skipped() {
     assert!(d.join("plain").exists());
     assert!(fs::symlink_metadata(d.join("l")).is_err());
 }
+
+#[test]
+fn owner_and_xattrs_go_both_ways() {
+    let (_tmp, a, b) = roots();
+    write(&a, "owned", b"o");
+    write(&b, "tagged", b"t");
+    bidi_json(&a, &b, &["--owner", "--group", "--xattrs"], 0);
+    std::os::unix::fs::chown(a.join("owned"), Some(4321), Some(4322)).unwrap();
+    xattr::set(b.join("tagged"), "user.tag", b"blue").unwrap();
+    let s = bidi_json(&a, &b, &["--owner", "--group", "--xattrs"], 0);
+    assert_eq!(count(&s, "conflicts"), 0, "{s}");
+    let meta = fs::metadata(b.join("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4321, 4322));
+    assert_eq!(
+        xattr::get(a.join("tagged"), "user.tag").unwrap(),
+        Some(b"blue".to_vec())
+    );
+}
