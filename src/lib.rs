@@ -12,6 +12,7 @@ pub mod changes;
 pub mod delta;
 pub mod endpoint;
 pub mod filter;
+pub mod lineage;
 pub mod model;
 pub mod plan;
 pub mod protocol;

@@ -64,6 +64,7 @@ pub enum Body {
     FindContent(Vec<Hash>),
     Signatures(Vec<RelPath>),
     HashFiles(Vec<RelPath>),
+    RecordLineage(Vec<crate::lineage::Edge>),
     ReadXattrs(Vec<Entry>),
     Apply {
         ops: Vec<(Op, Option<Xattrs>)>,

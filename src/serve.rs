@@ -128,6 +128,11 @@ fn serve_session(
                     .signatures(&paths)
                     .map_or_else(failed, |map| Body::Signed(map.into_iter().collect())),
             ),
+            Body::RecordLineage(edges) => Some(
+                endpoint
+                    .record_lineage(&edges)
+                    .map_or_else(failed, |()| Body::Done),
+            ),
             Body::HashFiles(paths) => Some(
                 endpoint
                     .hash_files(&paths)

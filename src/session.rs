@@ -3,7 +3,7 @@
 //! which endpoint is the source). It holds two [`Endpoint`]s and never knows
 //! whether either is local or remote.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use crate::changes::DiffOptions;
 use crate::endpoint::{
     Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, RunEnd, SessionRequest,
 };
+use crate::lineage::{self, Edge};
 use crate::model::{Entry, Hash, Kind, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
@@ -24,7 +25,7 @@ use crate::reconcile::{
     ReplicaOptions,
 };
 use crate::state::{chrono_like_now, SnapshotUpdate};
-use crate::state::{ConflictRecord, Decision};
+use crate::state::{ConflictRecord, Decision, SessionFacts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -124,9 +125,14 @@ pub fn run_replica(
         reset: options.reset,
         dry_run: options.dry_run,
     };
-    source.open_session(&request(Role::Source))?;
-    target.open_session(&request(Role::Target))?;
+    let source_facts = source.open_session(&request(Role::Source))?;
+    let target_facts = target.open_session(&request(Role::Target))?;
     let (source_id, target_id) = (source.root_id(), target.root_id());
+    let (local_facts, remote_facts) = match options.direction {
+        Direction::Push => (&source_facts, &target_facts),
+        _ => (&target_facts, &source_facts),
+    };
+    refuse_loops(local, remote, local_facts, remote_facts, options, observer)?;
 
     let (source_set, target_set) = std::thread::scope(|scope| {
         let source_scan = scope.spawn(|| source.scan(&options.diff));
@@ -207,7 +213,8 @@ pub fn run_replica(
     summary.seconds = clock.elapsed().as_secs_f64();
     (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
     let record = serde_json::to_string(&summary).unwrap_or_default();
-    let end = |peer_root_id| RunEnd {
+    let end = |peer_root_id, peer: &dyn Endpoint| RunEnd {
+        peer: peer.describe(),
         complete: !interrupted,
         failures: failures.clone(),
         started: started_at.clone(),
@@ -215,8 +222,8 @@ pub fn run_replica(
         peer_root_id,
         conflicts: Vec::new(),
     };
-    target.finish(&end(source_id))?;
-    source.finish(&end(target_id))?;
+    target.finish(&end(source_id, source))?;
+    source.finish(&end(target_id, target))?;
     Ok(Outcome {
         summary,
         plan,
@@ -225,6 +232,58 @@ pub fn run_replica(
         failures,
         interrupted,
     })
+}
+
+/// Exchanges lineage between both roots and refuses, before any file is
+/// touched, a session whose data would flow back into one of its upstream
+/// roots. Both roots then learn every edge either knew, and this session's.
+fn refuse_loops(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    local_facts: &SessionFacts,
+    remote_facts: &SessionFacts,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+) -> Result<(), EndpointError> {
+    for warning in local_facts.warnings.iter().chain(&remote_facts.warnings) {
+        observer.warning(warning);
+    }
+    // A root that has no id yet (a dry run on a fresh root) has no sessions.
+    let (Some(local_id), Some(remote_id)) = (local.root_id(), remote.root_id()) else {
+        return Ok(());
+    };
+    let edge = |from: &String, to: &String| Edge {
+        from: from.clone(),
+        to: to.clone(),
+        session: options.session.clone(),
+    };
+    let new: Vec<Edge> = match options.direction {
+        Direction::Push => vec![edge(&local_id, &remote_id)],
+        Direction::Pull => vec![edge(&remote_id, &local_id)],
+        Direction::Bidi => vec![edge(&local_id, &remote_id), edge(&remote_id, &local_id)],
+    };
+    let known: BTreeSet<Edge> = local_facts
+        .lineage
+        .iter()
+        .chain(&remote_facts.lineage)
+        .cloned()
+        .collect();
+    if let Err(found) = lineage::check(&known, &new) {
+        let names = HashMap::from([
+            (local_id.clone(), format!("local {}", local.describe())),
+            (remote_id.clone(), format!("remote {}", remote.describe())),
+        ]);
+        return Err(EndpointError::Refused(format!(
+            "refusing session `{}`: its data would flow back into its own upstream: {}. Nothing was changed. Sync these roots in one direction only (or both ways with one bidi session)",
+            options.session,
+            found.describe(&names)
+        )));
+    }
+    let mut all: Vec<Edge> = known.into_iter().collect();
+    all.extend(new);
+    local.record_lineage(&all)?;
+    remote.record_lineage(&all)?;
+    Ok(())
 }
 
 /// What carrying out one plan did.
@@ -300,6 +359,14 @@ pub fn run_bidi(
     let local_facts = local.open_session(&request)?;
     let remote_facts = remote.open_session(&request)?;
     let (local_id, remote_id) = (local.root_id(), remote.root_id());
+    refuse_loops(
+        local,
+        remote,
+        &local_facts,
+        &remote_facts,
+        options,
+        observer,
+    )?;
     let root_id = |side: Side| match side {
         Side::Local => local_id.clone(),
         Side::Remote => remote_id.clone(),
@@ -506,6 +573,7 @@ pub fn run_bidi(
     if !options.dry_run {
         let record = serde_json::to_string(&summary).unwrap_or_default();
         let end = |side: Side| RunEnd {
+            peer: endpoint(side.other()).describe(),
             complete: !interrupted,
             failures: failures.clone(),
             started: started_at.clone(),

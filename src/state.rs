@@ -41,6 +41,8 @@ pub enum StateError {
     },
     #[error("root id file {path} is damaged ({detail}); restore it or remove it together with the state directory's databases and run with -x")]
     BadRootId { path: PathBuf, detail: String },
+    #[error("lineage file {path} is damaged ({detail}); fix or remove the line (the next runs learn the edges again)")]
+    BadLineage { path: PathBuf, detail: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -89,12 +91,36 @@ pub fn root_id(state_dir: &Path) -> Result<String, StateError> {
 }
 
 /// An exclusive hold on one session in one state directory, released when
-/// dropped or when the process dies (it is an `flock`).
+/// dropped or when the process dies (it is an `flock`). The file holds the
+/// holder's pid while held, and is emptied when released normally: a pid
+/// found in a lock nobody holds was left by a process that died.
 pub struct SessionLock {
-    _file: File,
+    file: File,
+    /// Set when this lock was taken over from a process that died holding it.
+    pub stale_from: Option<String>,
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 impl SessionLock {
+    /// The pid of the process running `session` now, if one is.
+    pub fn holder(state_dir: &Path, session: &str) -> Option<String> {
+        let path = state_dir.join(format!("{session}.lock"));
+        let mut file = File::open(&path).ok()?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            return None;
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        Some(pid.trim().to_string())
+    }
+
     pub fn acquire(state_dir: &Path, session: &str) -> Result<Self, StateError> {
         fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
         let path = state_dir.join(format!("{session}.lock"));
@@ -116,11 +142,67 @@ impl SessionLock {
                 path,
             });
         }
+        let mut left = String::new();
+        let _ = file.read_to_string(&mut left);
+        let left = left.trim().to_string();
         file.set_len(0).map_err(io_err(&path))?;
         file.rewind().map_err(io_err(&path))?;
         write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-        Ok(SessionLock { _file: file })
+        Ok(SessionLock {
+            file,
+            stale_from: (!left.is_empty()).then_some(left),
+        })
     }
+}
+
+/// The lineage edges this root has learned (`STATE/lineage`, one `FROM TO
+/// SESSION` line each).
+pub fn read_lineage(state_dir: &Path) -> Result<Vec<crate::lineage::Edge>, StateError> {
+    let path = state_dir.join("lineage");
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                crate::lineage::Edge::from_line(line).ok_or_else(|| StateError::BadLineage {
+                    path: path.clone(),
+                    detail: format!("line `{line}` is not `FROM TO SESSION`"),
+                })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Adds edges to this root's lineage (under a lock, written whole to a
+/// temporary file and renamed, so concurrent sessions never lose each
+/// other's edges or leave half a file).
+pub fn add_lineage(state_dir: &Path, edges: &[crate::lineage::Edge]) -> Result<(), StateError> {
+    fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+    let lock_path = state_dir.join("lineage.lock");
+    let lock = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let mut all: std::collections::BTreeSet<crate::lineage::Edge> =
+        read_lineage(state_dir)?.into_iter().collect();
+    let before = all.len();
+    all.extend(edges.iter().cloned());
+    if all.len() == before {
+        return Ok(());
+    }
+    let path = state_dir.join("lineage");
+    let temp = state_dir.join(format!("lineage.tmp-{}", std::process::id()));
+    let text: String = all.iter().map(|e| e.to_line() + "\n").collect();
+    fs::write(&temp, text).map_err(io_err(&temp))?;
+    fs::rename(&temp, &path).map_err(io_err(&path))?;
+    drop(lock);
+    Ok(())
 }
 
 /// A change to one snapshot row, written in batches after the operation it
@@ -146,6 +228,8 @@ pub struct SessionDb {
 /// What a session records about itself on each side.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionFacts {
+    /// The other root, as this side's last run named it.
+    pub peer: Option<String>,
     pub direction: Option<String>,
     pub peer_root_id: Option<String>,
     /// Set once a run has completed on this side.
@@ -153,6 +237,10 @@ pub struct SessionFacts {
     pub filters: Option<String>,
     /// Conflicts the user resolved on this side, not yet carried out.
     pub decisions: Vec<Decision>,
+    /// Which roots feed which, as this root knows it.
+    pub lineage: Vec<crate::lineage::Edge>,
+    /// Things the user should hear about from opening the session.
+    pub warnings: Vec<String>,
 }
 
 /// A conflict as one side records it.
@@ -209,7 +297,6 @@ impl SessionDb {
             path: path.clone(),
             detail: e.to_string(),
         };
-        let existed = path.exists();
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
@@ -231,34 +318,75 @@ impl SessionDb {
             .map_err(corrupt)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(corrupt)?;
+        // Made or upgraded under the database's write lock, so that two
+        // processes opening a new database at once (two runs, or `status`
+        // beside a run) never both make its tables.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(corrupt)?;
+        let made = Self::make_schema(&conn).map_err(corrupt);
+        let ended = match &made {
+            Ok(()) => conn.execute_batch("COMMIT"),
+            Err(_) => conn.execute_batch("ROLLBACK"),
+        };
+        made?;
+        ended.map_err(corrupt)?;
+        // Touch every table once so a damaged file fails here, before any
+        // run has changed anything.
+        conn.query_row(
+            "SELECT (SELECT count(*) FROM meta), (SELECT count(*) FROM runs)",
+            [],
+            |_| Ok(()),
+        )
+        .map_err(corrupt)?;
+        Ok(SessionDb { conn, path })
+    }
+
+    /// Inside a write transaction: makes the tables of a new database,
+    /// migrates an older one.
+    fn make_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if version == 0 {
-            if existed {
-                let tables: i64 = conn
-                    .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-                    .map_err(corrupt)?;
-                if tables > 0 {
-                    return Err(StateError::Corrupt {
-                        path,
-                        detail: "it has tables but no schema version".into(),
-                    });
-                }
+            let tables: i64 =
+                conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))?;
+            if tables > 0 {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some("it has tables but no schema version".into()),
+                ));
             }
-            conn.execute_batch(SCHEMA).map_err(corrupt)?;
-        } else {
-            if version < SCHEMA_VERSION {
-                migrate(&conn, version).map_err(corrupt)?;
-            }
-            // Touch every table once so a damaged file fails here, before any
-            // run has changed anything.
-            conn.query_row(
-                "SELECT (SELECT count(*) FROM meta), (SELECT count(*) FROM runs)",
-                [],
-                |_| Ok(()),
-            )
+            conn.execute_batch(SCHEMA)?;
+        } else if version < SCHEMA_VERSION {
+            migrate(conn, version)?;
+        }
+        conn.execute_batch(CONFLICTS_TABLE)
+    }
+
+    /// Opens a session's database to read it (and record decisions), never
+    /// making one: `None` when there is none yet, or it is still being made.
+    pub fn open_existing(state_dir: &Path, session: &str) -> Result<Option<Self>, StateError> {
+        let path = Self::path_for(state_dir, session);
+        let corrupt = |e: rusqlite::Error| StateError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+            Ok(conn) => conn,
+            Err(_) if !path.exists() => return Ok(None),
+            Err(e) => return Err(corrupt(e)),
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(corrupt)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(corrupt)?;
+        if version == 0 {
+            return Ok(None);
+        }
+        if version != SCHEMA_VERSION {
+            // Older or newer: the next run migrates it or says so.
+            return Ok(None);
         }
         conn.execute_batch(CONFLICTS_TABLE).map_err(corrupt)?;
-        Ok(SessionDb { conn, path })
+        Ok(Some(SessionDb { conn, path }))
     }
 
     fn corrupt(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
@@ -278,10 +406,13 @@ impl SessionDb {
                 .map_err(self.corrupt())
         };
         Ok(SessionFacts {
+            peer: get("peer")?,
             direction: get("direction")?,
             peer_root_id: get("peer_root_id")?,
             established: get("established")?.as_deref() == Some("1"),
             filters: get("filters")?,
+            lineage: Vec::new(),
+            warnings: Vec::new(),
             decisions: self
                 .conflicts()?
                 .into_iter()
@@ -437,6 +568,29 @@ impl SessionDb {
             }
         });
         rx
+    }
+
+    /// The last run recorded: started, finished, result, summary (JSON).
+    pub fn last_run(&self) -> Result<Option<[String; 4]>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT started, finished, result, summary FROM runs ORDER BY id DESC LIMIT 1",
+                [],
+                |row| Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?]),
+            )
+            .optional()
+            .map_err(self.corrupt())
+    }
+
+    /// Rows in a table of this database (`entries`, `errors`, `conflicts`).
+    pub fn count(&self, table: &str) -> Result<u64, StateError> {
+        debug_assert!(["entries", "errors", "conflicts"].contains(&table));
+        self.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.corrupt())
     }
 
     pub fn entry_count(&self) -> Result<u64, StateError> {
@@ -650,11 +804,11 @@ fn row_to_entry(row: &rusqlite::Row) -> Result<RowResult, rusqlite::Error> {
 
 /// Brings an older schema up to this one, in one transaction.
 fn migrate(conn: &Connection, from: i64) -> Result<(), rusqlite::Error> {
-    let mut steps = String::from("BEGIN;");
+    let mut steps = String::new();
     if from < 2 {
         steps.push_str("ALTER TABLE entries ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;");
     }
-    steps.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+    steps.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION};"));
     conn.execute_batch(&steps)
 }
 

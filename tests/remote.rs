@@ -323,7 +323,10 @@ fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
         }
     }
     let _unmount = Unmount(dst.clone());
+    // The small file first: written in parallel with the large ones, it
+    // could meet the full disk itself.
     write(&src, "small", b"fits");
+    assert_code(&r.run("push", &src, &dst, &[]), 0);
     write(&src, "large1", &big_file(2 << 20, 1));
     write(&src, "large2", &big_file(2 << 20, 2));
     let out = r.run("push", &src, &dst, &["--json"]);

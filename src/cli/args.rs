@@ -33,6 +33,8 @@ pub enum Command {
     Pull(SyncArgs),
     /// Sync both ways; what changed on both sides in ways that cannot be merged is a conflict
     Bidi(SyncArgs),
+    /// The sessions recorded for the root holding DIR: peer, direction, last run, counts
+    Status(StatusArgs),
     /// List the conflicts recorded for the root holding DIR
     Conflicts(ConflictsArgs),
     /// Settle conflicts: whose version the next run keeps
@@ -151,6 +153,17 @@ pub struct RootArgs {
     /// Only this session
     #[arg(short = 'N', long, value_name = "NAME")]
     pub session: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A directory in the root (default: the working directory)
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Print a JSON array, one object per session
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

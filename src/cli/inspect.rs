@@ -1,15 +1,16 @@
-//! The commands that read a root's state rather than sync it: `conflicts`
-//! and `resolve`. They find their root the way git finds a repository.
+//! The commands that read a root's state rather than sync it: `status`,
+//! `conflicts` and `resolve`. They find their root the way git finds a
+//! repository. Reading never blocks a running session (SQLite WAL).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::args::{ConflictsArgs, ResolveArgs, RootArgs};
+use super::args::{ConflictsArgs, ResolveArgs, RootArgs, StatusArgs};
 use super::{absolute, Failure, EXIT_CONFLICTS, EXIT_OK};
 use snapsync::model::RelPath;
-use snapsync::state::{ConflictRow, SessionDb};
+use snapsync::state::{read_lineage, ConflictRow, SessionDb, SessionLock};
 
 /// A root and where it keeps its state.
 struct Root {
@@ -74,8 +75,9 @@ impl Root {
         Ok(names)
     }
 
-    fn open(&self, session: &str) -> Result<SessionDb, Failure> {
-        SessionDb::open(&self.state, session, false).map_err(|e| Failure::error(e.to_string()))
+    /// The session's database; `None` while a first run is still making it.
+    fn open(&self, session: &str) -> Result<Option<SessionDb>, Failure> {
+        SessionDb::open_existing(&self.state, session).map_err(|e| Failure::error(e.to_string()))
     }
 
     /// `path` (absolute or relative to the working directory) as a path in
@@ -107,12 +109,153 @@ impl Root {
     }
 }
 
+pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
+    let start = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = Root::find(&start, &args.root)?;
+    let this = std::fs::read_to_string(root.state.join("id"))
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default();
+    let lineage = read_lineage(&root.state).map_err(|e| Failure::error(e.to_string()))?;
+    let failed = |e: snapsync::state::StateError| Failure::error(e.to_string());
+    let mut sessions = Vec::new();
+    for name in root.sessions(args.root.session.as_deref())? {
+        let Some(db) = root.open(&name)? else {
+            continue;
+        };
+        let facts = db.facts().map_err(failed)?;
+        let last_run = db
+            .last_run()
+            .map_err(failed)?
+            .map(|[started, finished, result, summary]| {
+                let mut run: serde_json::Value =
+                    serde_json::from_str(&summary).unwrap_or_else(|_| json!({}));
+                run["started"] = json!(started);
+                run["finished"] = json!(finished);
+                run["result"] = json!(result);
+                run
+            });
+        let roots = |upstream: bool| -> Vec<String> {
+            let mut ids: Vec<String> = lineage
+                .iter()
+                .filter(|e| {
+                    if upstream {
+                        e.to == this
+                    } else {
+                        e.from == this
+                    }
+                })
+                .map(|e| {
+                    if upstream {
+                        e.from.clone()
+                    } else {
+                        e.to.clone()
+                    }
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let running = SessionLock::holder(&root.state, &name);
+        sessions.push(json!({
+            "session": name,
+            "peer": facts.peer,
+            "peer_root_id": facts.peer_root_id,
+            "direction": facts.direction,
+            "running": running.is_some(),
+            "pid": running,
+            "last_run": last_run,
+            "counts": {
+                "synced": db.count("entries").map_err(failed)?,
+                "error": db.count("errors").map_err(failed)?,
+                "conflict": db.count("conflicts").map_err(failed)?,
+            },
+            "upstream": roots(true),
+            "downstream": roots(false),
+            "logs": serde_json::Value::Null,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(sessions));
+        return Ok(EXIT_OK);
+    }
+    println!("root {} (id {this})", root.dir.display());
+    if sessions.is_empty() {
+        println!("no sessions recorded");
+    }
+    for s in &sessions {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        let run = &s["last_run"];
+        let last = if run.is_null() {
+            "never run to the end".to_string()
+        } else {
+            format!(
+                "last run {} ({}): created {}, updated {}, deleted {}, renamed {}, conflicts {}, errors {}",
+                text(&run["finished"]),
+                text(&run["result"]),
+                run["created"],
+                run["updated"],
+                run["deleted"],
+                run["renamed"],
+                run["conflicts"],
+                run["errors"]
+            )
+        };
+        println!(
+            "{}\t{} with {}\t{}{}",
+            text(&s["session"]),
+            text(&s["direction"]),
+            text(&s["peer"]),
+            if s["running"] == json!(true) {
+                format!("running now (process {}); ", text(&s["pid"]))
+            } else {
+                String::new()
+            },
+            last
+        );
+        println!(
+            "\t{} paths synced, {} errors, {} conflicts pending",
+            s["counts"]["synced"], s["counts"]["error"], s["counts"]["conflict"]
+        );
+    }
+    let all = |upstream: bool| -> Vec<String> {
+        let mut ids: Vec<String> = lineage
+            .iter()
+            .filter(|e| {
+                if upstream {
+                    e.to == this
+                } else {
+                    e.from == this
+                }
+            })
+            .map(|e| {
+                e.session.clone()
+                    + " from/to "
+                    + &(if upstream { &e.from } else { &e.to })[..8.min(e.from.len())]
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let (up, down) = (all(true), all(false));
+    if !up.is_empty() {
+        println!("upstream: {}", up.join(", "));
+    }
+    if !down.is_empty() {
+        println!("downstream: {}", down.join(", "));
+    }
+    Ok(EXIT_OK)
+}
+
 pub fn conflicts(args: &ConflictsArgs) -> Result<i32, Failure> {
     let start = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let root = Root::find(&start, &args.root)?;
     let mut listed: Vec<(String, ConflictRow)> = Vec::new();
     for session in root.sessions(args.root.session.as_deref())? {
-        let db = root.open(&session)?;
+        let Some(db) = root.open(&session)? else {
+            continue;
+        };
         let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
         listed.extend(rows.into_iter().map(|row| (session.clone(), row)));
     }
@@ -163,7 +306,9 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
         let rel = root.relative(path)?;
         let mut holders: Vec<String> = Vec::new();
         for session in &sessions {
-            let db = root.open(session)?;
+            let Some(db) = root.open(session)? else {
+                continue;
+            };
             let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
             if rows.iter().any(|row| row.record.path == rel) {
                 holders.push(session.clone());
@@ -187,7 +332,9 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
                 )))
             }
         };
-        let db = root.open(&session)?;
+        let db = root.open(&session)?.ok_or_else(|| {
+            Failure::error(format!("session `{session}` is being set up; try again"))
+        })?;
         db.decide(&rel, args.keep.as_str(), &decided)
             .map_err(|e| Failure::error(e.to_string()))?;
         println!(

@@ -78,6 +78,7 @@ pub fn main() -> i32 {
             let sub = matches.subcommand_matches("bidi").expect("bidi matched");
             sync(Direction::Bidi, &args, sub)
         }
+        Command::Status(args) => inspect::status(&args),
         Command::Conflicts(args) => inspect::conflicts(&args),
         Command::Resolve(args) => inspect::resolve(&args),
         Command::Serve => serve(),

@@ -19,6 +19,7 @@ use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xatt
 use crate::changes::{detect_renames, diff, sizes_worth_hashing, ChangeSet, DiffOptions};
 use crate::delta::{delta, signature, DeltaOp, Signature, LITERAL_CHUNK};
 use crate::filter::STATE_DIR_NAME;
+use crate::lineage::Edge;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
 use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions};
@@ -312,10 +313,20 @@ impl Endpoint for LocalEndpoint {
                 )
             }
         };
-        let facts = match &db {
+        let mut facts = match &db {
             Some(db) => db.facts()?,
             None => SessionFacts::default(),
         };
+        if has_state {
+            facts.lineage = crate::state::read_lineage(&self.state_dir)?;
+        }
+        if let Some(pid) = lock.as_ref().and_then(|l| l.stale_from.clone()) {
+            facts.warnings.push(format!(
+                "session `{}` in {} was left locked by process {pid}, which is gone (killed?); taking it over",
+                request.session,
+                self.describe()
+            ));
+        }
         if let Some(recorded) = &facts.direction {
             if recorded != &request.direction && !request.reset {
                 return Err(EndpointError::Refused(format!(
@@ -462,6 +473,14 @@ impl Endpoint for LocalEndpoint {
         Ok(found)
     }
 
+    fn record_lineage(&self, edges: &[Edge]) -> Result<(), EndpointError> {
+        let dry_run = self.with_session(|s| s.request.dry_run)?;
+        if !dry_run {
+            crate::state::add_lineage(&self.state_dir, edges)?;
+        }
+        Ok(())
+    }
+
     fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError> {
         Ok(paths
             .par_iter()
@@ -574,6 +593,7 @@ impl Endpoint for LocalEndpoint {
         if let Some(peer) = &end.peer_root_id {
             db.set_fact("peer_root_id", peer)?;
         }
+        db.set_fact("peer", &end.peer)?;
         if end.complete {
             db.set_fact("established", "1")?;
         }

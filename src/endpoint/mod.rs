@@ -146,6 +146,10 @@ pub trait Endpoint: Send + Sync {
     /// Paths whose content is known to have these hashes.
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError>;
 
+    /// Adds what the session learned of which roots feed which to this
+    /// root's lineage (not in a dry run).
+    fn record_lineage(&self, edges: &[crate::lineage::Edge]) -> Result<(), EndpointError>;
+
     /// The content hashes of the files now at these paths (unreadable ones
     /// are left out).
     fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError>;
@@ -199,6 +203,8 @@ pub struct RunEnd {
     pub summary: String,
     /// The other endpoint's root id.
     pub peer_root_id: Option<String>,
+    /// The other endpoint, as the near end names it.
+    pub peer: String,
     /// Conflicts left after this run, in this endpoint's words (bidi).
     pub conflicts: Vec<ConflictRecord>,
 }

@@ -127,6 +127,11 @@ impl Connection {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(64);
         self.calls.lock().unwrap().insert(id, tx);
+        // The reader may have ended (and dropped every call) just before.
+        if self.ended.lock().unwrap().is_some() {
+            self.calls.lock().unwrap().remove(&id);
+            return Err(self.lost());
+        }
         if let Err(e) = self.send(id, body, true) {
             self.calls.lock().unwrap().remove(&id);
             return Err(e);
@@ -134,9 +139,26 @@ impl Connection {
         Ok((id, rx))
     }
 
+    /// The next message of a call; an error once the connection has ended.
+    /// Waits in slices, so that a caller can never outlive the connection.
+    fn next(&self, rx: &Receiver<Body>) -> Result<Body, ()> {
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                Ok(body) => return Ok(body),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.ended.lock().unwrap().is_some() {
+                        // Whatever arrived before the end is still handed on.
+                        return rx.try_recv().map_err(|_| ());
+                    }
+                }
+            }
+        }
+    }
+
     fn call(&self, body: Body) -> Result<Body, EndpointError> {
         let (id, rx) = self.start_call(body)?;
-        let reply = rx.recv();
+        let reply = self.next(&rx);
         self.calls.lock().unwrap().remove(&id);
         match reply {
             Ok(Body::Failed(message)) => {
@@ -156,12 +178,29 @@ fn unexpected(body: &Body) -> EndpointError {
     ))
 }
 
+/// Marks the connection ended and wakes every waiting caller, however the
+/// reader stops (even by a panic).
+struct EndGuard(Arc<Connection>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Ok(mut ended) = self.0.ended.lock() {
+            ended.get_or_insert_with(|| "the connection reader stopped".into());
+        }
+        if let Ok(mut calls) = self.0.calls.lock() {
+            // Dropping the senders wakes every waiting caller with an error.
+            calls.clear();
+        }
+    }
+}
+
 /// Routes everything the far end sends until the connection ends.
 fn read_loop(
     conn: Arc<Connection>,
     mut input: BufReader<ChildStdout>,
     results: Sender<(u64, Result<Applied, OpFailure>)>,
 ) {
+    let _guard = EndGuard(Arc::clone(&conn));
     let reason = loop {
         match read_message(&mut input) {
             Ok((envelope, n)) => {
@@ -193,8 +232,6 @@ fn read_loop(
         }
     };
     conn.ended.lock().unwrap().get_or_insert(reason);
-    // Dropping the senders wakes every waiting caller with an error.
-    conn.calls.lock().unwrap().clear();
 }
 
 fn short(body: &Body) -> String {
@@ -433,6 +470,11 @@ impl Endpoint for RemoteEndpoint {
         Ok(content.into_iter().collect())
     }
 
+    fn record_lineage(&self, edges: &[crate::lineage::Edge]) -> Result<(), EndpointError> {
+        let reply = self.conn.call(Body::RecordLineage(edges.to_vec()))?;
+        expect_reply!(reply, Body::Done => ())
+    }
+
     fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError> {
         let reply = self.conn.call(Body::HashFiles(paths.to_vec()))?;
         let hashes = expect_reply!(reply, Body::Hashes(hashes) => hashes)?;
@@ -473,7 +515,7 @@ impl Endpoint for RemoteEndpoint {
                 xattrs,
                 compress: self.compress,
             })?;
-            let result = receive_stream(&rx, &asked, sink);
+            let result = receive_stream(&self.conn, &rx, &asked, sink);
             self.conn.calls.lock().unwrap().remove(&call);
             match result {
                 Ok(()) => {}
@@ -530,6 +572,7 @@ impl Endpoint for RemoteEndpoint {
 /// for are accepted, and with the near end's own job (never the far end's
 /// idea of where a file goes). `Err(None)`: the connection ended.
 fn receive_stream(
+    conn: &Connection,
     rx: &Receiver<Body>,
     asked: &HashMap<u64, &FileJob>,
     sink: &dyn FileSink,
@@ -538,7 +581,7 @@ fn receive_stream(
     let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let refuse = |what: String| Some(EndpointError::Refused(format!("the far end {what}")));
     loop {
-        let body = rx.recv().map_err(|_| None)?;
+        let body = conn.next(rx).map_err(|_| None)?;
         match body {
             Body::FileOpen(job) => {
                 let ours = claim(asked, &mut seen, job.id)?;
