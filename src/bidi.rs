@@ -554,7 +554,7 @@ mod tests {
     /// A side's change set and its whole tree, as lookups.
     fn side(base: &Tree, now: &Tree) -> (ChangeSet, HashMap<RelPath, Entry>) {
         let (mut set, current) = diff(
-            base.values().cloned(),
+            base.values().cloned().collect(),
             now.values().cloned().collect(),
             vec![],
             &DiffOptions::default(),

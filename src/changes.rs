@@ -5,11 +5,12 @@
 //! inode numbers: same device and inode (and, for files, the same size and
 //! mtime), or failing that the same content hash.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use crate::filter::Filters;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
-use crate::scan::LinkMode;
+use crate::scan::{LinkMode, Scanned};
 
 /// One path whose state differs from the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,66 +105,67 @@ pub struct DiffOptions {
     pub checksum: bool,
 }
 
-/// Compares `scan` (sorted, current) with `snapshot` (sorted rows). Returns the
-/// change set and the current tree, in which unchanged entries carry the
-/// hash the snapshot recorded.
-pub fn diff(
+/// Compares a scan with the snapshot, both in byte order of path, and keeps
+/// only what differs: unchanged entries are dropped as they pass, so neither
+/// side is ever held whole. A path that is not in the change set is, as far
+/// as the scan can tell, exactly as its snapshot row records it (same kind,
+/// identity, size, times, mode and, when preserved, owner and xattrs; below
+/// an unreadable directory, assumed so): an endpoint answers later questions
+/// about such paths from the snapshot.
+pub fn diff_stream(
     snapshot: impl IntoIterator<Item = Entry>,
-    mut scan: Vec<Entry>,
-    unreadable: Vec<(RelPath, String)>,
+    scan: impl IntoIterator<Item = Scanned>,
     options: &DiffOptions,
-) -> (ChangeSet, Vec<Entry>) {
-    let mut set = ChangeSet {
-        files_scanned: scan.len() as u64,
-        ..ChangeSet::default()
-    };
-    let under_unreadable = |path: &RelPath| unreadable.iter().any(|(dir, _)| path.starts_with(dir));
-    let mut carried = Vec::new();
+) -> ChangeSet {
+    let mut set = ChangeSet::default();
     let mut snap = snapshot.into_iter().peekable();
-    let mut i = 0;
+    let mut scan = scan.into_iter().peekable();
     loop {
-        let next_snap = snap.peek().map(|e| &e.path);
-        let next_scan = scan.get(i).map(|e| &e.path);
-        let order = match (next_snap, next_scan) {
+        let order = match (snap.peek(), scan.peek()) {
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(a), Some(b)) => a.cmp(b),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(row), Some(item)) => item.cmp_path(&row.path).reverse(),
         };
         match order {
-            std::cmp::Ordering::Less => {
+            Ordering::Less => {
                 let before = snap.next().expect("peeked");
                 let covered = options.filters.includes(&before.path, before.kind)
                     && !(before.kind == Kind::Symlink && options.links == LinkMode::Skip);
+                let under_unreadable = || {
+                    set.unreadable
+                        .iter()
+                        .any(|(dir, _)| before.path.starts_with(dir))
+                };
                 if !covered {
                     set.forgotten.push(before.path);
-                } else if under_unreadable(&before.path) {
-                    carried.push(before);
-                } else {
+                } else if !under_unreadable() {
                     set.changes.push(Change {
                         path: before.path.clone(),
                         before: Some(before),
                         after: None,
                     });
                 }
+                // Below an unreadable directory the row stands as recorded.
             }
-            std::cmp::Ordering::Greater => {
-                let after = scan[i].clone();
-                i += 1;
-                set.changes.push(Change {
-                    path: after.path.clone(),
-                    before: None,
-                    after: Some(after),
-                });
-            }
-            std::cmp::Ordering::Equal => {
+            Ordering::Greater => match scan.next().expect("peeked") {
+                Scanned::Entry(after) => {
+                    set.files_scanned += 1;
+                    set.changes.push(Change {
+                        path: after.path.clone(),
+                        before: None,
+                        after: Some(after),
+                    });
+                }
+                Scanned::Unreadable { dir, reason } => set.unreadable.push((dir, reason)),
+            },
+            Ordering::Equal => {
                 let before = snap.next().expect("peeked");
-                let after = &mut scan[i];
-                i += 1;
-                if unchanged(&before, after, options) {
-                    if after.hash.is_none() {
-                        after.hash = before.hash;
-                    }
+                let Some(Scanned::Entry(mut after)) = scan.next() else {
+                    unreachable!("only an entry stands at a path")
+                };
+                set.files_scanned += 1;
+                if unchanged(&before, &after, options) {
                     continue;
                 }
                 if after.hash.is_none() && after.same_stat(&before) && !before.racy {
@@ -173,17 +175,45 @@ pub fn diff(
                 set.changes.push(Change {
                     path: after.path.clone(),
                     before: Some(before),
-                    after: Some(after.clone()),
+                    after: Some(after),
                 });
             }
         }
     }
-    set.unreadable = unreadable;
-    if !carried.is_empty() {
-        scan.extend(carried);
-        scan.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    }
-    (set, scan)
+    set
+}
+
+/// [`diff_stream`] for tests that hold both trees whole (sorted): also
+/// returns the tree now as an endpoint answers for it, unchanged entries
+/// carrying their recorded hash, rows below an unreadable directory as
+/// recorded.
+#[cfg(test)]
+pub fn diff(
+    snapshot: Vec<Entry>,
+    scan: Vec<Entry>,
+    unreadable: Vec<(RelPath, String)>,
+    options: &DiffOptions,
+) -> (ChangeSet, Vec<Entry>) {
+    let mut items: Vec<Scanned> = scan.iter().cloned().map(Scanned::Entry).collect();
+    items.extend(
+        unreadable
+            .into_iter()
+            .map(|(dir, reason)| Scanned::Unreadable { dir, reason }),
+    );
+    items.sort_by(|a, b| match (a, b) {
+        (Scanned::Entry(a), b) => b.cmp_path(&a.path).reverse(),
+        (a, Scanned::Entry(b)) => a.cmp_path(&b.path),
+        _ => Ordering::Equal,
+    });
+    let set = diff_stream(snapshot.clone(), items, options);
+    // A path outside the change set is as its row records it.
+    let mut now: Vec<Entry> = snapshot
+        .into_iter()
+        .filter(|row| set.get(&row.path).is_none() && !set.forgotten.contains(&row.path))
+        .collect();
+    now.extend(set.changes.iter().filter_map(|c| c.after.clone()));
+    now.sort_by(|a, b| a.path.cmp(&b.path));
+    (set, now)
 }
 
 fn unchanged(before: &Entry, after: &Entry, options: &DiffOptions) -> bool {
@@ -199,21 +229,34 @@ fn unchanged(before: &Entry, after: &Entry, options: &DiffOptions) -> bool {
     } else {
         after.same_stat(before) && before.link_target == after.link_target
     };
+    // The same inode too (content alone may decide with --checksum): the
+    // row stands in for the entry afterwards, and a copy is checked against
+    // the inode it records.
+    let same_identity = before.dev == after.dev && before.ino == after.ino;
     content_same
+        && same_identity
         && before.kind == after.kind
         && before.mtime == after.mtime
         && after.same_metadata(before, options.preserve)
 }
 
-/// The sizes of files whose content a new file might repeat: created or
+/// Remembers the sizes of snapshot files whose content is known: created or
 /// modified files of these sizes are worth hashing, to recognise renames and
 /// copies instead of sending data.
-pub fn sizes_worth_hashing(snapshot_files: impl Iterator<Item = (u64, bool)>) -> HashSet<u64> {
-    snapshot_files
-        .filter(|(_, has_hash)| *has_hash)
-        .map(|(size, _)| size)
-        .filter(|&size| size > 0)
-        .collect()
+#[derive(Debug, Default)]
+pub struct SizesWorthHashing(HashSet<u64>);
+
+impl SizesWorthHashing {
+    /// Notes one snapshot row.
+    pub fn note(&mut self, row: &Entry) {
+        if row.kind == Kind::File && row.hash.is_some() && row.size > 0 {
+            self.0.insert(row.size);
+        }
+    }
+
+    pub fn contains(&self, size: u64) -> bool {
+        self.0.contains(&size)
+    }
 }
 
 /// Pairs deleted paths with created ones: by inode, then by content hash.
@@ -330,13 +373,17 @@ mod tests {
         v
     }
 
+    fn scanned(entries: Vec<Entry>) -> Vec<Scanned> {
+        sorted(entries).into_iter().map(Scanned::Entry).collect()
+    }
+
     #[test]
-    fn unchanged_tree_has_no_changes_and_keeps_hashes() {
+    fn unchanged_tree_has_no_changes() {
         let snap = vec![file("a", 1, 3, Some(7))];
-        let scan = vec![file("a", 1, 3, None)];
-        let (set, now) = diff(snap, scan, vec![], &DiffOptions::default());
+        let scan = scanned(vec![file("a", 1, 3, None)]);
+        let set = diff_stream(snap, scan, &DiffOptions::default());
         assert!(set.changes.is_empty());
-        assert_eq!(now[0].hash, Some([7; 32]));
+        assert_eq!(set.files_scanned, 1);
     }
 
     #[test]
@@ -350,8 +397,8 @@ mod tests {
         meta.mode = 0o600;
         let mut modified = file("mod", 2, 4, None);
         modified.mtime.sec = 200;
-        let scan = sorted(vec![file("new", 4, 3, None), modified, meta]);
-        let (set, _) = diff(snap, scan, vec![], &DiffOptions::default());
+        let scan = scanned(vec![file("new", 4, 3, None), modified, meta]);
+        let set = diff_stream(snap, scan, &DiffOptions::default());
         let kinds: Vec<(String, ChangeKind)> = set
             .changes
             .iter()
@@ -385,12 +432,12 @@ mod tests {
             file("d/x", 11, 5, Some(1)),
             file("d/y", 12, 5, Some(2)),
         ]);
-        let scan = sorted(vec![
+        let scan = scanned(vec![
             dir("e", 10),
             file("e/x", 11, 5, None),
             file("e/y", 12, 5, None),
         ]);
-        let (mut set, _) = diff(snap, scan, vec![], &DiffOptions::default());
+        let mut set = diff_stream(snap, scan, &DiffOptions::default());
         detect_renames(&mut set);
         assert_eq!(set.renames.len(), 1);
         assert_eq!(set.renames[0].from.to_string(), "d");
@@ -403,8 +450,8 @@ mod tests {
     #[test]
     fn rename_by_content_when_inode_differs() {
         let snap = vec![file("old", 1, 5, Some(9))];
-        let scan = vec![file("new", 2, 5, Some(9))];
-        let (mut set, _) = diff(snap, scan, vec![], &DiffOptions::default());
+        let scan = scanned(vec![file("new", 2, 5, Some(9))]);
+        let mut set = diff_stream(snap, scan, &DiffOptions::default());
         detect_renames(&mut set);
         assert_eq!(set.renames.len(), 1);
         assert_eq!(set.renames[0].to.to_string(), "new");
@@ -422,7 +469,7 @@ mod tests {
             filters,
             ..DiffOptions::default()
         };
-        let (set, _) = diff(snap, vec![], vec![], &options);
+        let set = diff_stream(snap, vec![], &options);
         assert!(set.changes.is_empty());
         assert_eq!(set.forgotten.len(), 1);
     }
@@ -430,10 +477,174 @@ mod tests {
     #[test]
     fn unreadable_directory_hides_no_deletions() {
         let snap = sorted(vec![dir("d", 1), file("d/x", 2, 1, None)]);
-        let scan = vec![dir("d", 1)];
-        let unreadable = vec![(RelPath::new(b"d").unwrap(), "denied".to_string())];
-        let (set, now) = diff(snap, scan, unreadable, &DiffOptions::default());
+        let scan = vec![
+            Scanned::Entry(dir("d", 1)),
+            Scanned::Unreadable {
+                dir: p("d"),
+                reason: "denied".into(),
+            },
+        ];
+        let set = diff_stream(snap, scan, &DiffOptions::default());
         assert!(set.changes.is_empty());
-        assert_eq!(now.len(), 2);
+        assert_eq!(set.unreadable, vec![(p("d"), "denied".to_string())]);
+    }
+
+    fn p(path: &str) -> RelPath {
+        RelPath::new(path.as_bytes()).unwrap()
+    }
+
+    fn paths_of(set: &ChangeSet, kind: ChangeKind) -> Vec<String> {
+        set.changes
+            .iter()
+            .filter(|c| c.kind(Preserve::default()) == kind)
+            .map(|c| c.path.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn unreadable_marker_stands_where_the_directory_contents_start() {
+        // Byte order: d, d.txt, d/x, d/y/z, d0. The marker for d comes after
+        // d.txt (which is gone, so deleted) and covers only what is below d.
+        let snap = sorted(vec![
+            dir("d", 1),
+            file("d.txt", 2, 1, None),
+            file("d/x", 3, 1, None),
+            dir("d/y", 4),
+            file("d/y/z", 5, 1, None),
+            file("d0", 6, 1, None),
+        ]);
+        let scan = vec![
+            Scanned::Entry(dir("d", 1)),
+            Scanned::Unreadable {
+                dir: p("d"),
+                reason: "denied".into(),
+            },
+            Scanned::Entry(file("d/new", 7, 1, None)),
+        ];
+        let set = diff_stream(snap, scan, &DiffOptions::default());
+        assert_eq!(paths_of(&set, ChangeKind::Deleted), ["d.txt", "d0"]);
+        assert_eq!(paths_of(&set, ChangeKind::Created), ["d/new"]);
+        assert_eq!(set.changes.len(), 3);
+    }
+
+    #[test]
+    fn unreadable_root_hides_every_deletion() {
+        let snap = sorted(vec![file("a", 1, 1, None), file("b/c", 2, 1, None)]);
+        let scan = vec![
+            Scanned::Unreadable {
+                dir: RelPath::root(),
+                reason: "i/o error".into(),
+            },
+            Scanned::Entry(file("a", 1, 1, None)),
+        ];
+        let set = diff_stream(snap, scan, &DiffOptions::default());
+        assert!(set.changes.is_empty(), "{:?}", set.changes);
+        assert_eq!(set.unreadable.len(), 1);
+    }
+
+    #[test]
+    fn checksum_counts_a_new_inode_as_a_change() {
+        // Content decides, but the row must record the inode on disk: lookups
+        // answer from it and copies are checked against it.
+        let snap = vec![file("a", 1, 3, Some(7))];
+        let scan = scanned(vec![file("a", 2, 3, Some(7))]);
+        let options = DiffOptions {
+            checksum: true,
+            ..DiffOptions::default()
+        };
+        let set = diff_stream(snap, scan, &options);
+        assert_eq!(paths_of(&set, ChangeKind::Metadata), ["a"]);
+    }
+
+    /// The merge against a plain map-based comparison, on trees whose names
+    /// sort differently by bytes and depth first (`a.b` < `a/b` < `a0`),
+    /// with creates, deletes and type changes at every depth.
+    #[test]
+    fn merge_agrees_with_a_map_comparison() {
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, Clone, Copy)]
+        enum Node {
+            File(u64),
+            Dir,
+            Link,
+        }
+        fn node() -> impl Strategy<Value = Node> {
+            prop_oneof![
+                (1u64..4).prop_map(Node::File),
+                Just(Node::Dir),
+                Just(Node::Link)
+            ]
+        }
+        fn entry(path: &str, node: Node) -> Entry {
+            match node {
+                Node::File(size) => file(path, 100 + size, size, None),
+                Node::Dir => dir(path, 1),
+                Node::Link => Entry {
+                    kind: Kind::Symlink,
+                    link_target: Some(b"t".to_vec().into_boxed_slice()),
+                    ..file(path, 2, 0, None)
+                },
+            }
+        }
+        // Paths from a small alphabet, made consistent: every ancestor of a
+        // path is a directory.
+        fn tree(raw: BTreeMap<Vec<u8>, Node>) -> BTreeMap<RelPath, Entry> {
+            let mut out = BTreeMap::new();
+            for (segments, node) in raw {
+                let text: Vec<&str> = segments
+                    .iter()
+                    .map(|&s| ["a", "a.b", "a-", "a0", "b", "ab"][s as usize % 6])
+                    .collect();
+                let path = text.join("/");
+                let relpath = p(&path);
+                let mut ancestor = relpath.parent();
+                let mut blocked = false;
+                while let Some(a) = ancestor {
+                    if a.is_root() {
+                        break;
+                    }
+                    let existing = out
+                        .entry(a.clone())
+                        .or_insert_with(|| entry(&a.to_string(), Node::Dir));
+                    blocked |= existing.kind != Kind::Dir;
+                    ancestor = a.parent();
+                }
+                if !blocked && !out.contains_key(&relpath) {
+                    out.insert(relpath, entry(&path, node));
+                }
+            }
+            out
+        }
+        let side = || {
+            proptest::collection::btree_map(proptest::collection::vec(0u8..6, 1..4), node(), 0..24)
+        };
+        proptest!(|(old in side(), new in side())| {
+            let (old, new) = (tree(old), tree(new));
+            // Byte order of paths, as the snapshot and the walk give them.
+            let snap: Vec<Entry> = old.values().cloned().collect();
+            let scan: Vec<Scanned> = new.values().cloned().map(Scanned::Entry).collect();
+            let set = diff_stream(snap, scan, &DiffOptions::default());
+            let mut expected = Vec::new();
+            let paths: std::collections::BTreeSet<&RelPath> = old.keys().chain(new.keys()).collect();
+            for path in paths {
+                let (before, after) = (old.get(path), new.get(path));
+                let same = match (before, after) {
+                    (Some(b), Some(a)) => unchanged(b, a, &DiffOptions::default()),
+                    _ => false,
+                };
+                if !same {
+                    expected.push((path.clone(), before.is_some(), after.is_some()));
+                }
+            }
+            let got: Vec<(RelPath, bool, bool)> = set
+                .changes
+                .iter()
+                .map(|c| (c.path.clone(), c.before.is_some(), c.after.is_some()))
+                .collect();
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(set.files_scanned, new.len() as u64);
+        });
     }
 }

@@ -12,13 +12,13 @@ use serde::Serialize;
 
 use crate::apply::Xattrs;
 use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
-use crate::changes::ChangeSet;
 use crate::changes::DiffOptions;
+use crate::changes::{ChangeKind, ChangeSet};
 use crate::endpoint::{
     Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, RunEnd, SessionRequest,
 };
 use crate::lineage::{self, Edge};
-use crate::model::{Entry, Hash, Kind, RelPath};
+use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
     hashes_wanted, paths_to_look_up, plan_replica, target_paths_to_look_up, ReplicaInput,
@@ -174,6 +174,9 @@ pub fn run_replica(
         &options.replica,
     );
     observer.planned(&plan);
+    for warning in overwritten_drift(&plan, &target_set, options.diff.preserve) {
+        observer.warning(&warning);
+    }
     let files_scanned = source_set.files_scanned + target_set.files_scanned;
 
     if options.dry_run {
@@ -232,6 +235,36 @@ pub fn run_replica(
         failures,
         interrupted,
     })
+}
+
+/// Files written on the target since this session's last run (by another
+/// session syncing into the same directory, or by hand) that the plan
+/// replaces or deletes: said out loud, never lost silently.
+fn overwritten_drift(plan: &Plan, target: &ChangeSet, preserve: Preserve) -> Vec<String> {
+    plan.items
+        .iter()
+        .filter_map(|item| {
+            let (path, what) = match &item.op {
+                Op::Delete { entry } => (&entry.path, "deleted"),
+                Op::Transfer { entry }
+                | Op::LocalCopy { entry, .. }
+                | Op::RenameContent { entry, .. }
+                | Op::Symlink { entry } => (&entry.path, "replaced by the source's version"),
+                _ => return None,
+            };
+            let change = target.get(path)?;
+            let written = change.after.as_ref().is_some_and(|e| e.kind != Kind::Dir)
+                && matches!(
+                    change.kind(preserve),
+                    ChangeKind::Created | ChangeKind::Modified | ChangeKind::TypeChanged
+                );
+            written.then(|| {
+                format!(
+                    "{path} on the target changed since this session's last run (another session or a local edit wrote it); {what}"
+                )
+            })
+        })
+        .collect()
 }
 
 /// Exchanges lineage between both roots and refuses, before any file is

@@ -6,6 +6,7 @@
 //! A corrupt or unreadable database is an error that says so; it is never
 //! silently replaced. Only `-x` (reset) moves it aside and starts afresh.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -593,6 +594,64 @@ impl SessionDb {
             .map_err(self.corrupt())
     }
 
+    /// The snapshot row at `path`, if any.
+    pub fn entry(&self, path: &RelPath) -> Result<Option<Entry>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1"
+            ))
+            .map_err(self.corrupt())?;
+        let mut rows = stmt.query([path.as_bytes()]).map_err(self.corrupt())?;
+        match rows.next().map_err(self.corrupt())? {
+            None => Ok(None),
+            Some(row) => {
+                let entry = row_to_entry(row).map_err(self.corrupt())?;
+                entry.map(Some).map_err(|what| StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("snapshot row has {what}"),
+                })
+            }
+        }
+    }
+
+    /// The file rows whose content hash is one of `wanted`. Reads every
+    /// row's path and hash (no index on hashes: it would cost every write
+    /// of every run, for a question asked only when files were added or
+    /// changed).
+    pub fn files_with_hashes(&self, wanted: &HashSet<Hash>) -> Result<Vec<Entry>, StateError> {
+        let mut paths = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT path, hash FROM entries WHERE kind = ?1 AND hash IS NOT NULL",
+                )
+                .map_err(self.corrupt())?;
+            let mut rows = stmt.query([Kind::File.code()]).map_err(self.corrupt())?;
+            while let Some(row) = rows.next().map_err(self.corrupt())? {
+                let hash = row.get_ref(1).map_err(self.corrupt())?;
+                let matches = hash
+                    .as_blob()
+                    .ok()
+                    .and_then(|bytes| Hash::try_from(bytes).ok())
+                    .is_some_and(|hash| wanted.contains(&hash));
+                if matches {
+                    paths.push(row.get::<_, Vec<u8>>(0).map_err(self.corrupt())?);
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(paths.len());
+        for path in paths {
+            let path = RelPath::new(&path).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("snapshot row has {e}"),
+            })?;
+            entries.extend(self.entry(&path)?);
+        }
+        Ok(entries)
+    }
+
     pub fn entry_count(&self) -> Result<u64, StateError> {
         self.conn
             .query_row("SELECT count(*) FROM entries", [], |row| {
@@ -732,11 +791,9 @@ fn read_entries(
         detail: e.to_string(),
     };
     let mut stmt = conn
-        .prepare(
-            "SELECT path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
-                    hash, link_target, xattr_hash, racy
-             FROM entries ORDER BY path",
-        )
+        .prepare(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries ORDER BY path"
+        ))
         .map_err(corrupt)?;
     let mut rows = stmt.query([]).map_err(corrupt)?;
     while let Some(row) = rows.next().map_err(corrupt)? {
@@ -752,6 +809,10 @@ fn read_entries(
     }
     Ok(())
 }
+
+/// The columns [`row_to_entry`] reads, in its order.
+const ENTRY_COLUMNS: &str = "path, kind, size, mtime_sec, mtime_nsec, mode, uid, gid, dev, ino,
+    hash, link_target, xattr_hash, racy";
 
 type RowResult = Result<Entry, String>;
 
@@ -978,6 +1039,37 @@ mod tests {
         db.apply_updates(&[SnapshotUpdate::Remove(RelPath::new(b"b").unwrap())])
             .unwrap();
         assert_eq!(db.entry_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn rows_are_found_by_path_and_by_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = SessionDb::open(dir.path(), "s", false).unwrap();
+        let mut other = entry("b");
+        other.hash = Some([1; 32]);
+        let mut unhashed = entry("c");
+        unhashed.hash = None;
+        let mut folder = entry("d");
+        folder.kind = Kind::Dir;
+        db.apply_updates(&[
+            SnapshotUpdate::Upsert(entry("a")),
+            SnapshotUpdate::Upsert(other),
+            SnapshotUpdate::Upsert(unhashed),
+            SnapshotUpdate::Upsert(folder),
+            SnapshotUpdate::Upsert(entry("e/f")),
+        ])
+        .unwrap();
+        let path = |p: &str| RelPath::new(p.as_bytes()).unwrap();
+        assert_eq!(db.entry(&path("a")).unwrap(), Some(entry("a")));
+        assert_eq!(db.entry(&path("zz")).unwrap(), None);
+        let wanted: HashSet<Hash> = [[9; 32], [7; 32]].into_iter().collect();
+        let found: Vec<String> = db
+            .files_with_hashes(&wanted)
+            .unwrap()
+            .iter()
+            .map(|e| e.path.to_string())
+            .collect();
+        assert_eq!(found, ["a", "e/f"]);
     }
 
     #[test]

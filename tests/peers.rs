@@ -317,3 +317,46 @@ fn fan_out_to_four_targets_while_the_source_changes() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
 }
+
+/// Two sources pushed into one target directory: each session keeps its
+/// own snapshot, and whatever one overwrites or deletes of the other's is
+/// reported on stderr, not lost silently.
+#[test]
+fn two_sources_into_one_target_report_what_they_overwrite() {
+    let (_tmp, d) = roots(&["s1", "s2", "t"]);
+    let (s1, s2, t) = (&d[0], &d[1], &d[2]);
+    write(s1, "shared", b"from s1");
+    write(s1, "only-s1", b"1");
+    write(s2, "shared", b"from s2");
+    write(s2, "only-s2", b"2");
+    let out = sync("push", s1, &s(t), &["-N", "one"]);
+    assert_code(&out, 0);
+    assert!(!stderr(&out).contains("changed since"), "{}", stderr(&out));
+    let out = sync("push", s2, &s(t), &["-N", "two"]);
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("shared on the target changed since this session's last run")
+            && err.contains("replaced by the source's version"),
+        "{err}"
+    );
+    assert!(
+        err.contains("only-s1 on the target changed") && err.contains("deleted"),
+        "{err}"
+    );
+    assert_eq!(read(t, "shared"), b"from s2");
+    // Back to the first: its snapshot is its own, and it reports the same.
+    let out = sync("push", s1, &s(t), &["-N", "one"]);
+    assert_code(&out, 0);
+    assert!(
+        stderr(&out).contains("shared on the target changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(read(t, "shared"), b"from s1");
+    assert_same_tree(s1, t);
+    // With --no-delete each keeps the other's files.
+    assert_code(&sync("push", s2, &s(t), &["-N", "two", "--no-delete"]), 0);
+    assert_eq!(read(t, "only-s1"), b"1");
+    assert_eq!(read(t, "only-s2"), b"2");
+}

@@ -16,13 +16,13 @@ use super::{
     SessionRequest, SourceEnd,
 };
 use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
-use crate::changes::{detect_renames, diff, sizes_worth_hashing, ChangeSet, DiffOptions};
+use crate::changes::{detect_renames, diff_stream, ChangeSet, DiffOptions, SizesWorthHashing};
 use crate::delta::{delta, signature, DeltaOp, Signature, LITERAL_CHUNK};
 use crate::filter::STATE_DIR_NAME;
 use crate::lineage::Edge;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
-use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions};
+use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions, ScanReport};
 use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate};
 
 pub struct LocalEndpoint {
@@ -30,8 +30,14 @@ pub struct LocalEndpoint {
     state_dir: PathBuf,
     tree: LocalTree,
     session: Mutex<Option<OpenSession>>,
-    /// The tree as scanned, with known hashes, sorted by path.
-    current: RwLock<Vec<Entry>>,
+    /// The paths this run's scan found changed, sorted, each as it was found
+    /// (`None`: gone). Every other path is as its snapshot row records it
+    /// (the scan checked), so the rest of the tree is never held: lookups
+    /// ask the snapshot.
+    changed: RwLock<Vec<(RelPath, Option<Entry>)>>,
+    /// Entries `find_content` offered as holding some content: what a
+    /// `RenameContent` expects to find there.
+    offered: Mutex<HashMap<RelPath, Entry>>,
     /// `--links follow`: files are read, and re-checked, through links.
     follow_links: AtomicBool,
     root_id: Mutex<Option<String>>,
@@ -47,6 +53,52 @@ struct OpenSession {
     ignore_snapshot: bool,
     forgotten: Vec<RelPath>,
     filters_line: String,
+    /// What the scan compared with, once it has: which snapshot rows it
+    /// covered, and whether there were any.
+    scanned: Option<ScannedWith>,
+}
+
+struct ScannedWith {
+    options: DiffOptions,
+    snapshot_rows: u64,
+}
+
+impl OpenSession {
+    /// The snapshot the scan compared with, when it had rows.
+    fn snapshot(&self) -> Option<(&SessionDb, &ScannedWith)> {
+        match (&self.db, &self.scanned) {
+            (Some(db), Some(scanned)) if !self.ignore_snapshot && scanned.snapshot_rows > 0 => {
+                Some((db, scanned))
+            }
+            _ => None,
+        }
+    }
+
+    /// The entry at `path` as of the scan: as found where it changed, else
+    /// as its snapshot row records it (the scan found it so), if the scan
+    /// covered that row.
+    fn as_scanned(
+        &self,
+        changed: &[(RelPath, Option<Entry>)],
+        path: &RelPath,
+    ) -> Result<Option<Entry>, EndpointError> {
+        if let Ok(i) = changed.binary_search_by(|(p, _)| p.cmp(path)) {
+            return Ok(changed[i].1.clone());
+        }
+        let Some((db, scanned)) = self.snapshot() else {
+            return Ok(None);
+        };
+        Ok(db.entry(path)?.filter(|row| scanned.covers(row)))
+    }
+}
+
+impl ScannedWith {
+    /// The row is one the scan compared (not one the filters or link mode
+    /// now leave out).
+    fn covers(&self, row: &Entry) -> bool {
+        self.options.filters.includes(&row.path, row.kind)
+            && !(row.kind == Kind::Symlink && self.options.links == LinkMode::Skip)
+    }
 }
 
 impl LocalEndpoint {
@@ -58,7 +110,8 @@ impl LocalEndpoint {
             root,
             state_dir,
             session: Mutex::new(None),
-            current: RwLock::new(Vec::new()),
+            changed: RwLock::new(Vec::new()),
+            offered: Mutex::new(HashMap::new()),
             follow_links: AtomicBool::new(false),
             root_id: Mutex::new(None),
         }
@@ -113,7 +166,7 @@ impl LocalEndpoint {
                 })
                 .map_err(|e| Self::failure(to, e)),
             Op::RenameContent { from, entry } => {
-                let expected = self.current_entry(from);
+                let expected = self.offered_entry(from);
                 let Some(expected) = expected else {
                     return Err(Self::failure(&entry.path, ApplyError::Stale(from.clone())));
                 };
@@ -146,7 +199,9 @@ impl LocalEndpoint {
                 .map_err(|e| Self::failure(&entry.path, e)),
             Op::SetMeta { entry, .. } => {
                 let hash = self
-                    .current_entry(&entry.path)
+                    .scanned_entry(&entry.path)
+                    .ok()
+                    .flatten()
                     .and_then(|e| e.hash)
                     .or(entry.hash);
                 tree.set_metadata(entry, xattrs, hash)
@@ -225,13 +280,21 @@ impl LocalEndpoint {
             && meta.ino() == entry.ino)
     }
 
-    /// The scanned entry at `path`, if any.
-    fn current_entry(&self, path: &RelPath) -> Option<Entry> {
-        let current = self.current.read().unwrap();
-        current
-            .binary_search_by(|e| e.path.cmp(path))
-            .ok()
-            .map(|i| current[i].clone())
+    /// The entry at `path` as of the scan.
+    fn scanned_entry(&self, path: &RelPath) -> Result<Option<Entry>, EndpointError> {
+        let changed = self.changed.read().unwrap();
+        self.with_session(|s| s.as_scanned(&changed, path))?
+    }
+
+    /// The entry at `path` that the plan was given as holding some content:
+    /// changed, or offered by `find_content`. Deliberately not the snapshot,
+    /// which this run's commits may have moved on since.
+    fn offered_entry(&self, path: &RelPath) -> Option<Entry> {
+        let changed = self.changed.read().unwrap();
+        match changed.binary_search_by(|(p, _)| p.cmp(path)) {
+            Ok(i) => changed[i].1.clone(),
+            Err(_) => self.offered.lock().unwrap().get(path).cloned(),
+        }
     }
 
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
@@ -343,12 +406,14 @@ impl Endpoint for LocalEndpoint {
             ignore_snapshot: request.reset && request.dry_run,
             forgotten: Vec::new(),
             filters_line: String::new(),
+            scanned: None,
         });
         Ok(facts)
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
-        // Snapshot rows stream in from the database while the tree is walked.
+        // Snapshot rows stream in from the database while the tree is walked,
+        // both in byte order of path; only what differs is kept.
         let (missing_root, dry_run, snapshot) = self.with_session(|s| {
             let snapshot = match (&s.db, s.ignore_snapshot) {
                 (Some(db), false) => Some(db.stream_entries()),
@@ -362,32 +427,8 @@ impl Endpoint for LocalEndpoint {
         if let Some(inside) = self.state_dir_inside_root() {
             options.filters.exclude_fixed(inside);
         }
-        let mut scanned = if missing_root {
-            crate::scan::Scan::default()
-        } else {
-            scan_root(
-                &self.root,
-                &ScanOptions {
-                    filters: options.filters.clone(),
-                    links: options.links,
-                    preserve: options.preserve,
-                },
-            )
-            .map_err(|e| EndpointError::Root(format!("cannot read {}: {e}", self.describe())))?
-        };
-        if !dry_run {
-            remove_stale_temps(&scanned.temps);
-        }
-        if options.checksum {
-            self.hash_entries(
-                scanned
-                    .entries
-                    .iter_mut()
-                    .filter(|e| e.kind == Kind::File)
-                    .collect(),
-            );
-        }
-        let mut sizes = Vec::new();
+        let mut worth = SizesWorthHashing::default();
+        let mut snapshot_rows = 0u64;
         let mut read_error = None;
         let rows = snapshot
             .iter()
@@ -399,22 +440,39 @@ impl Endpoint for LocalEndpoint {
                     None
                 }
             })
-            .inspect(|e| {
-                if e.kind == Kind::File {
-                    sizes.push((e.size, e.hash.is_some()));
-                }
+            .inspect(|row| {
+                snapshot_rows += 1;
+                worth.note(row);
             });
-        let (mut set, mut current) = diff(rows, scanned.entries, scanned.unreadable, &options);
+        let (mut set, report) = if missing_root {
+            (
+                diff_stream(rows, std::iter::empty(), &options),
+                ScanReport::default(),
+            )
+        } else {
+            let scan_options = ScanOptions {
+                filters: options.filters.clone(),
+                links: options.links,
+                preserve: options.preserve,
+                hash_files: options.checksum,
+            };
+            scan_root(&self.root, &scan_options, |walk| {
+                diff_stream(rows, walk, &options)
+            })
+            .map_err(|e| EndpointError::Root(format!("cannot read {}: {e}", self.describe())))?
+        };
         if let Some(error) = read_error {
             return Err(error.into());
         }
-        let worth = sizes_worth_hashing(sizes.into_iter());
+        if !dry_run {
+            remove_stale_temps(&report.temps);
+        }
         if !options.checksum {
             self.hash_entries(
                 set.changes
                     .iter_mut()
                     .filter_map(|c| c.after.as_mut())
-                    .filter(|e| e.kind == Kind::File && e.hash.is_none() && worth.contains(&e.size))
+                    .filter(|e| e.kind == Kind::File && e.hash.is_none() && worth.contains(e.size))
                     .collect(),
             );
         }
@@ -431,44 +489,73 @@ impl Endpoint for LocalEndpoint {
             self.hash_entries(racy);
         }
         detect_renames(&mut set);
-        for change in &set.changes {
-            if let Some(after) = &change.after {
-                if let Ok(i) = current.binary_search_by(|e| e.path.cmp(&after.path)) {
-                    current[i].hash = after.hash;
-                }
-            }
-        }
-        *self.current.write().unwrap() = current;
+        *self.changed.write().unwrap() = set
+            .changes
+            .iter()
+            .map(|c| (c.path.clone(), c.after.clone()))
+            .collect();
+        self.offered.lock().unwrap().clear();
         let filters_line = options.filters.describe();
+        let forgotten = set.forgotten.clone();
         self.with_session(|s| {
-            s.forgotten = set.forgotten.clone();
+            s.forgotten = forgotten;
             s.filters_line = filters_line;
+            s.scanned = Some(ScannedWith {
+                options,
+                snapshot_rows,
+            });
         })?;
-        for warning in scanned.warnings {
-            set.warnings.push(warning);
-        }
+        set.warnings.extend(report.warnings);
         Ok(set)
     }
 
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError> {
-        Ok(paths
-            .iter()
-            .filter_map(|p| self.current_entry(p).map(|e| (p.clone(), e)))
-            .collect())
+        let changed = self.changed.read().unwrap();
+        self.with_session(|s| {
+            let mut found = HashMap::new();
+            for path in paths {
+                if let Some(entry) = s.as_scanned(&changed, path)? {
+                    found.insert(path.clone(), entry);
+                }
+            }
+            Ok(found)
+        })?
     }
 
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError> {
-        let wanted: HashSet<&Hash> = hashes.iter().collect();
+        let wanted: HashSet<Hash> = hashes.iter().copied().collect();
         let mut found: HashMap<Hash, Vec<RelPath>> = HashMap::new();
         if wanted.is_empty() {
             return Ok(found);
         }
-        for entry in self.current.read().unwrap().iter() {
-            if let (Kind::File, Some(hash)) = (entry.kind, &entry.hash) {
-                if wanted.contains(hash) {
-                    found.entry(*hash).or_default().push(entry.path.clone());
+        let changed = self.changed.read().unwrap();
+        let mut offered: Vec<Entry> = changed
+            .iter()
+            .filter_map(|(_, now)| now.as_ref())
+            .filter(|e| e.kind == Kind::File && e.hash.is_some_and(|h| wanted.contains(&h)))
+            .cloned()
+            .collect();
+        // Every other file holds what its row records.
+        self.with_session(|s| -> Result<(), EndpointError> {
+            let Some((db, scanned)) = s.snapshot() else {
+                return Ok(());
+            };
+            for row in db.files_with_hashes(&wanted)? {
+                let is_changed = changed.binary_search_by(|(p, _)| p.cmp(&row.path)).is_ok();
+                if !is_changed && scanned.covers(&row) {
+                    offered.push(row);
                 }
             }
+            Ok(())
+        })??;
+        drop(changed);
+        offered.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut remembered = self.offered.lock().unwrap();
+        for entry in offered {
+            if let Some(hash) = entry.hash {
+                found.entry(hash).or_default().push(entry.path.clone());
+            }
+            remembered.insert(entry.path.clone(), entry);
         }
         Ok(found)
     }
