@@ -112,7 +112,8 @@ if [[ $CACHE == warm ]]; then
     for tool in snapsync rsync cp; do run_one initial "$tool" 0 0; done
 fi
 
-scenarios_1_to_3 "snapsync rsync cp" "snapsync rsync" "$SRC_MANIFEST"
+modify_files() { modify_tree "$SRC" "$1" "$SRC_MANIFEST"; } # rep
+scenarios_1_to_3 "snapsync rsync cp" "snapsync rsync"
 load_end=$(loadavg)
 
 # --- report ----------------------------------------------------------------------

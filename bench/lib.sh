@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # variables set here are read by the scripts that source this file
 # Helpers shared by the benchmark scripts beside this file (compare.sh,
-# ssh.sh, memory.sh). A script sets BENCH_DIR to this directory, then
+# ssh.sh, bidi.sh, memory.sh). A script sets BENCH_DIR to this directory, then
 #   source "$BENCH_DIR/lib.sh"
 # Sourcing only sets SCRIPT, REPO and GEN and defines the functions below.
 # Names in capitals that a function sets for its caller are listed in its comment.
@@ -139,13 +139,125 @@ prepare_work() {
     ok=0
 }
 
-# On exit: delete WORK if the run got to its end (ok=1) and KEEP is not 1, else say where it is.
+# On exit: stop the benchmark sshd if one runs, then delete WORK if the run
+# got to its end (ok=1) and KEEP is not 1, else say where it is.
 cleanup_work() {
+    stop_sshd
     if [[ $ok -eq 1 && "$KEEP" != 1 ]]; then
         rm -rf "$WORK"
     else
         echo "$SCRIPT: work dir kept: $WORK" >&2
     fi
+}
+
+# --- loopback sshd --------------------------------------------------------------
+
+# Install what a private loopback sshd and its clients need.
+need_ssh_tools() {
+    need_pkg ssh openssh-client
+    need_pkg ssh-keygen openssh-client
+    need_pkg /usr/sbin/sshd openssh-server
+}
+
+# Print a free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Succeed if something accepts connections on 127.0.0.1:port.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Start a private sshd on a free loopback port, with ed25519 host and client
+# keys made in DIR, and check that it lets us log in (sets SSHDIR, SSHD_PID,
+# PORT, USERHOST, and RSH, the ssh command every tool is given, also as the
+# array RSH_WORDS). cleanup_work, the scripts' exit trap, stops it.
+start_sshd() { # dir
+    local port i
+    SSHDIR=$1
+    SSHD_PID=""
+    PORT=""
+    mkdir -p "$SSHDIR"
+    ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-host -f "$SSHDIR/host_key"
+    ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-client -f "$SSHDIR/client_key"
+    cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
+    chmod 600 "$SSHDIR/authorized_keys"
+    # sshd running as root insists on its privilege separation directory
+    if [[ $(id -u) -eq 0 ]]; then mkdir -p /run/sshd; fi
+    USERHOST="$(id -un)@127.0.0.1"
+    for _ in 1 2 3 4 5; do
+        port=$(free_port)
+        cat >"$SSHDIR/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $SSHDIR/host_key
+AuthorizedKeysFile $SSHDIR/authorized_keys
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+PidFile $SSHDIR/sshd.pid
+EOF
+        /usr/sbin/sshd -D -e -f "$SSHDIR/sshd_config" </dev/null >/dev/null 2>"$SSHDIR/sshd.log" &
+        SSHD_PID=$!
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$SSHD_PID" 2>/dev/null || break
+            if port_open "$port"; then PORT=$port; break; fi
+            sleep 0.1
+        done
+        [[ -z "$PORT" ]] || break
+        stop_sshd
+        grep -q 'Address already in use' "$SSHDIR/sshd.log" ||
+            die "sshd did not start; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
+    done
+    [[ -n "$PORT" ]] || die "sshd found no free port in 5 tries"
+    log "sshd (pid $SSHD_PID) listening on 127.0.0.1:$PORT"
+    RSH="ssh -p $PORT -i $SSHDIR/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+    read -r -a RSH_WORDS <<<"$RSH"
+    "${RSH_WORDS[@]}" "$USERHOST" true </dev/null ||
+        die "cannot log in through the benchmark sshd; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
+}
+
+# Stop the sshd start_sshd started, if it runs (cleanup_work calls this).
+stop_sshd() {
+    if [[ -n "${SSHD_PID:-}" ]]; then
+        kill "$SSHD_PID" 2>/dev/null || true
+        wait "$SSHD_PID" 2>/dev/null || true
+        SSHD_PID=""
+    fi
+}
+
+# Measure what every run through the sshd pays: the negotiated cipher, and
+# the median of 5 logins that run `true` (connect, key exchange, login, start
+# a command on the far end, tear down) (sets SSH_KEX, SSH_LOGIN).
+measure_ssh() {
+    local logins=()
+    # -v must come before the LogLevel option, which then no longer applies.
+    SSH_KEX=$(ssh -v "${RSH_WORDS[@]:1}" "$USERHOST" true </dev/null 2>&1 |
+        sed -n 's/^debug1: kex: client->server cipher: //p' | sed -n 1p)
+    SSH_KEX=${SSH_KEX:-unknown}
+    for _ in 1 2 3 4 5; do
+        timed_run /dev/null "$WORK/ssh-login.err" "${RSH_WORDS[@]}" "$USERHOST" true ||
+            die "ssh login failed: $(cat "$WORK/ssh-login.err")"
+        logins+=("$SECS")
+    done
+    SSH_LOGIN=$(median "${logins[@]}")
+    log "ssh login round trip: ${SSH_LOGIN}s"
+}
+
+# Print the peak RSS in KiB that a far end run under `/usr/bin/time -f %M -o
+# FILE` left in FILE, or NA.
+far_end_rss() { # file
+    local kib
+    kib=$(tail -n 1 "$1" 2>/dev/null || true)
+    if [[ "$kib" =~ ^[0-9]+$ ]]; then echo "$kib"; else echo NA; fi
+}
+
+# Print the report's description of the sshd and the ssh command (after
+# measure_ssh), for "Transport: ...".
+ssh_transport_desc() {
+    echo "a private \`sshd\` on 127.0.0.1 (ed25519 host and client keys made by ssh-keygen for this run), logging in as $(id -un), with \`$(sed "s|$SSHDIR|KEYDIR|g; s|-p $PORT|-p PORT|" <<<"$RSH")\`; negotiated client->server cipher: $SSH_KEX. One \`<ssh command> $(id -un)@127.0.0.1 true\` takes ${SSH_LOGIN} s (median of 5, before the scenarios): every run of either tool includes such a connection."
 }
 
 # --- page cache ----------------------------------------------------------------
@@ -191,11 +303,12 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # --- trees and verification ----------------------------------------------------
 
-# Save the manifest of a tree (gen_tree.py manifest) for later comparisons.
 # Scenarios 1-3, the same in every family: initial sync (tools: $1), a
-# no-change re-sync and one after modify_tree (tools: $2), REPS times each,
-# tools interleaved. run_one is the family's own.
-scenarios_1_to_3() { # "initial tools" "re-sync tools" src-manifest
+# no-change re-sync and one after MODIFY_PCT% of the files were modified
+# (tools: $2), REPS times each, tools interleaved. run_one and modify_files
+# are the family's own; modify_files REP makes scenario 3's change (compare.sh
+# and ssh.sh: modify_tree on SRC).
+scenarios_1_to_3() { # "initial tools" "re-sync tools"
     local r tool
     log "scenario 1: initial ${INITIAL_VERB:-copy}"
     for ((r = 1; r <= REPS; r++)); do
@@ -207,12 +320,13 @@ scenarios_1_to_3() { # "initial tools" "re-sync tools" src-manifest
     done
     log "scenario 3: re-sync after modifying ${MODIFY_PCT}% of files"
     for ((r = 1; r <= REPS; r++)); do
-        # every target is in sync with SRC here (verified after its last run)
-        modify_tree "$SRC" "$r" "$3"
+        # every tool is in sync here (verified after its last run)
+        modify_files "$r"
         for tool in $2; do run_one modified "$tool" "$r" 1; done
     done
 }
 
+# Save the manifest of a tree (gen_tree.py manifest) for later comparisons.
 refresh_manifest() { python3 "$GEN" manifest "$1" >"$2"; } # dir manifest
 
 # Generate the tree of FILES files from SEED in a directory and save its
@@ -286,6 +400,23 @@ scenarios_1_to_3_line() {
 # Print the report line on the verification after every run.
 verified_line() {
     echo "- Every run was verified: target == source by path, type, mode, size, mtime (ns) and content hash of each file and mode/mtime of each directory, ignoring \`.snapsync/\`."
+}
+
+# Print the given keys of the --json summary a snapsync run printed last on
+# stdout, space-separated; fail unless there is one and it counts no errors
+# and no conflicts.
+summary_fields() { # stdout-file key...
+    python3 - "$@" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+try:
+    d = json.loads(lines[-1])
+except (IndexError, ValueError):
+    sys.exit("snapsync printed no JSON summary on stdout")
+if d.get("errors") or d.get("conflicts"):
+    sys.exit(f"snapsync reported errors={d.get('errors')} conflicts={d.get('conflicts')}")
+print(*(d[k] for k in sys.argv[2:]))
+PY
 }
 
 # Print the given keys of snapsync's --json summary of the last repetition of

@@ -10,9 +10,11 @@
 # Each scenario family is one script beside this one, run in turn:
 #   compare.sh  local push: snapsync vs rsync -a vs cp -a
 #   ssh.sh      push over a loopback sshd it starts: snapsync vs rsync -e ssh
+#   bidi.sh     two-way sync, local and over a loopback sshd: snapsync bidi
+#               vs unison -batch
 #   memory.sh   no-change re-sync of many tiny files: peak RSS per entry
-# A new family (bidi against Unison, continuous-mode latency) is one more
-# script here and one more line in SCRIPTS below.
+# A new family (continuous-mode latency) is one more script here and one
+# more line in SCRIPTS below.
 #
 # Settings pass through to the scripts (FILES, REPS, CACHE, BIG, SNAPSYNC...).
 # SNAPSYNC defaults to a release build of this checkout.
@@ -21,7 +23,7 @@ set -euo pipefail
 MODE=${1:-all}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
-SCRIPTS=(compare.sh ssh.sh memory.sh)
+SCRIPTS=(compare.sh ssh.sh bidi.sh memory.sh)
 
 if [[ -z "${SNAPSYNC:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet)
@@ -43,6 +45,7 @@ case "$MODE" in
     quick)
         run_family compare.sh FILES=${FILES:-300} REPS=1 CACHE=warm WORK=/tmp/snapsync-bench-quick
         run_family ssh.sh FILES=${FILES:-300} BIG=4M REPS=1 CACHE=warm RENAME_FILES=50 WORK=/tmp/snapsync-ssh-quick
+        run_family bidi.sh FILES=${FILES:-300} REPS=1 CACHE=warm WORK=/tmp/snapsync-bidi-quick
         run_family memory.sh FILES=2000 REPS=1 WORK=/tmp/snapsync-memory-quick
         for script in "${SCRIPTS[@]}"; do
             [[ -s "$RESULTS/${script%.sh}.md" ]] || { echo "run.sh: $script wrote no report" >&2; exit 1; }
@@ -52,6 +55,7 @@ case "$MODE" in
     all)
         run_family compare.sh FILES=${FILES:-100000} REPS=${REPS:-3} CACHE=${CACHE:-auto}
         run_family ssh.sh FILES=${FILES:-100000} BIG=${BIG:-2G} REPS=${REPS:-3} CACHE=${CACHE:-auto}
+        run_family bidi.sh FILES=${FILES:-100000} REPS=${REPS:-3} CACHE=${CACHE:-auto}
         run_family memory.sh FILES=${MEMORY_FILES:-1000000} REPS=${REPS:-3}
         out="$REPO/BENCHMARKS.md"
         {
@@ -60,7 +64,8 @@ case "$MODE" in
             echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) with \`bench/run.sh all\` at commit $(git -C "$REPO" rev-parse --short HEAD)."
             for script in "${SCRIPTS[@]}"; do
                 echo
-                sed 's/^# /### /' "$RESULTS/${script%.sh}.md"
+                # a report's headings two levels down: its title becomes ###
+                sed -E 's/^(#+) /\1## /' "$RESULTS/${script%.sh}.md"
             done
             echo
             echo "<!-- results:end -->"

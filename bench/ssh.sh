@@ -75,9 +75,7 @@ PATCH_SIZE=$((1 << 20))
     die "BIG must be larger than $PATCH_COUNT MiB (the size of its change in scenario 5)"
 
 need_common_tools
-need_pkg ssh openssh-client
-need_pkg ssh-keygen openssh-client
-need_pkg /usr/sbin/sshd openssh-server
+need_ssh_tools
 need_pkg openssl openssl
 RSYNC_BIN=$(command -v rsync)
 
@@ -89,89 +87,15 @@ prepare_work
 [[ "$WORK" != *[[:space:]]* ]] || die "WORK may not contain white space: $WORK"
 SRC="$WORK/src"                  # the tree of scenarios 1-4
 BIG_SRC="$WORK/big-src"          # the single big file of scenario 5
-SSHDIR="$WORK/ssh"
 RESULTS="$WORK/results.tsv"
 REMOTE_TIME="$WORK/remote-time.out"
 : >"$RESULTS"
 : >"$WORK/snapsync-json.tsv"
-SSHD_PID=""
-# On exit: stop the benchmark sshd, then delete or keep WORK.
-cleanup() {
-    if [[ -n "$SSHD_PID" ]]; then
-        kill "$SSHD_PID" 2>/dev/null || true
-        wait "$SSHD_PID" 2>/dev/null || true
-    fi
-    cleanup_work
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 
 # --- sshd ----------------------------------------------------------------------
-mkdir -p "$SSHDIR"
-ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-host -f "$SSHDIR/host_key"
-ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-client -f "$SSHDIR/client_key"
-cp "$SSHDIR/client_key.pub" "$SSHDIR/authorized_keys"
-chmod 600 "$SSHDIR/authorized_keys"
-# sshd running as root insists on its privilege separation directory
-if [[ $(id -u) -eq 0 ]]; then mkdir -p /run/sshd; fi
-USERHOST="$(id -un)@127.0.0.1"
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-PORT=""
-for _ in 1 2 3 4 5; do
-    port=$(free_port)
-    cat >"$SSHDIR/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $port
-HostKey $SSHDIR/host_key
-AuthorizedKeysFile $SSHDIR/authorized_keys
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-PidFile $SSHDIR/sshd.pid
-EOF
-    /usr/sbin/sshd -D -e -f "$SSHDIR/sshd_config" </dev/null >/dev/null 2>"$SSHDIR/sshd.log" &
-    SSHD_PID=$!
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$SSHD_PID" 2>/dev/null || break
-        if port_open "$port"; then PORT=$port; break; fi
-        sleep 0.1
-    done
-    [[ -z "$PORT" ]] || break
-    kill "$SSHD_PID" 2>/dev/null || true
-    wait "$SSHD_PID" 2>/dev/null || true
-    SSHD_PID=""
-    grep -q 'Address already in use' "$SSHDIR/sshd.log" ||
-        die "sshd did not start; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
-done
-[[ -n "$PORT" ]] || die "sshd found no free port in 5 tries"
-log "sshd (pid $SSHD_PID) listening on 127.0.0.1:$PORT"
-
-RSH="ssh -p $PORT -i $SSHDIR/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
-read -r -a RSH_WORDS <<<"$RSH"
-"${RSH_WORDS[@]}" "$USERHOST" true </dev/null ||
-    die "cannot log in through the benchmark sshd; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
-# What both tools get from that command: -v must come before the
-# LogLevel option, which then no longer applies.
-ssh_kex=$(ssh -v "${RSH_WORDS[@]:1}" "$USERHOST" true </dev/null 2>&1 |
-    sed -n 's/^debug1: kex: client->server cipher: //p' | sed -n 1p)
-ssh_kex=${ssh_kex:-unknown}
-# The fixed cost both tools pay in every run: connect, key exchange, login,
-# start a command on the far end and tear down (median of 5).
-logins=()
-for _ in 1 2 3 4 5; do
-    timed_run /dev/null "$WORK/ssh-login.err" "${RSH_WORDS[@]}" "$USERHOST" true ||
-        die "ssh login failed: $(cat "$WORK/ssh-login.err")"
-    logins+=("$SECS")
-done
-ssh_login=$(median "${logins[@]}")
-log "ssh login round trip: ${ssh_login}s"
+start_sshd "$WORK/ssh"
+measure_ssh
 
 setup_cache
 
@@ -211,19 +135,7 @@ tool_cmd() { # tool -> sets the CMD array (uses CUR_*)
 }
 
 # Byte counts of one run -> "wire_sent wire_received literal"
-snapsync_bytes() { # stdout-file
-    python3 - "$1" <<'PY'
-import json, sys
-lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
-try:
-    d = json.loads(lines[-1])
-except (IndexError, ValueError):
-    sys.exit("snapsync printed no JSON summary on stdout")
-if d.get("errors"):
-    sys.exit(f"snapsync reported errors={d['errors']}")
-print(d["wire_sent"], d["wire_received"], d["bytes_sent"])
-PY
-}
+snapsync_bytes() { summary_fields "$1" wire_sent wire_received bytes_sent; } # stdout-file
 rsync_bytes() { # stdout-file
     awk '
         /^Literal data:/        { gsub(/,/, "", $3); lit = $3 }
@@ -259,8 +171,7 @@ run_one() {
         tail -n 20 "$SSHDIR/sshd.log" >&2
         die "$tool failed ($label): ${CMD[*]}"
     fi
-    rrss=$(tail -n 1 "$REMOTE_TIME" 2>/dev/null || true)
-    [[ "$rrss" =~ ^[0-9]+$ ]] || rrss=NA
+    rrss=$(far_end_rss "$REMOTE_TIME")
     if [[ $tool == snapsync ]]; then
         bytes=$(snapsync_bytes "$base.out") || die "snapsync ($label): see $base.out"
     else
@@ -299,7 +210,8 @@ if [[ $CACHE == warm ]]; then
     for tool in snapsync rsync; do run_one big-initial "$tool" 0 0; done
 fi
 
-INITIAL_VERB=push scenarios_1_to_3 "snapsync rsync" "snapsync rsync" "$WORK/src.manifest"
+modify_files() { modify_tree "$SRC" "$1" "$WORK/src.manifest"; } # rep
+INITIAL_VERB=push scenarios_1_to_3 "snapsync rsync" "snapsync rsync"
 
 log "scenario 4: re-sync after renaming a directory of $RENAME_FILES files"
 python3 "$GEN" gen "$SRC/renamed-0" --files "$RENAME_FILES" --seed "$((SEED * 1000 + 500))" --flat >/dev/null
@@ -341,7 +253,7 @@ rsync_remote_version=$("${RSH_WORDS[@]}" "$USERHOST" "$RSYNC_BIN" --version </de
     report_run_lines "$load_start" "$load_end" "; both ends run on it and share its CPUs, memory and disk"
     echo "- Versions: snapsync $(snapsync_version); $(rsync --version | version_line) (far end: $rsync_remote_version); $(ssh -V 2>&1)"
     echo "- snapsync binary (both ends): $SNAPSYNC — $SNAPSYNC_ORIGIN"
-    echo "- Transport: a private \`sshd\` on 127.0.0.1 (ed25519 host and client keys made by ssh-keygen for this run), logging in as $(id -un). Both tools use \`$(sed "s|$SSHDIR|KEYDIR|g; s|-p $PORT|-p PORT|" <<<"$RSH")\`; negotiated client->server cipher: $ssh_kex. Neither tool compresses (no \`-z\`). One \`<ssh command> $(id -un)@127.0.0.1 true\` takes ${ssh_login} s (median of 5, before the scenarios): every run of either tool includes such a connection."
+    echo "- Transport: $(ssh_transport_desc) Both tools use that ssh command; neither compresses (no \`-z\`)."
     echo "- Tree (scenarios 1–3): $(tree_desc)"
     echo "- Page cache: $cache_desc"
     echo "- Repetitions: $REPS per tool per scenario, tools interleaved (snapsync, rsync, snapsync, ...)."

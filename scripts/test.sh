@@ -13,6 +13,8 @@ command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
 { command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd; } || missing+=(openssh-server)
 { command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1; } || missing+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+# bench/bidi.sh (run by bench/run.sh quick below) compares bidi with Unison.
+command -v unison >/dev/null 2>&1 || missing+=(unison)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${missing[*]}; run as root to install them" >&2
