@@ -567,3 +567,60 @@ fn bidi_over_ssh() {
     assert_eq!(read(&a, "from-b"), b"b2");
     assert_same_tree(&a, &b);
 }
+
+/// One source pushed to four targets at once over real ssh while the source
+/// keeps changing; after the writer stops, one more run each, and every
+/// target equals the source (DESIGN.md, "Many peers").
+#[test]
+fn fan_out_over_ssh_while_the_source_changes() {
+    let sshd = Sshd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let targets: Vec<PathBuf> = (1..=4).map(|i| tmp.path().join(format!("t{i}"))).collect();
+    generate_tree(&src, 21, 300, 100, 20_000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (src, stop) = (src.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                write(
+                    &src,
+                    &format!("live/f{}", n % 40),
+                    format!("v{n}").as_bytes(),
+                );
+                n += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let run_all = || {
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = targets
+                .iter()
+                .map(|t| scope.spawn(|| sshd.snapsync("push", &src, t, &[])))
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().unwrap())
+                .collect::<Vec<Output>>()
+        })
+    };
+    for _ in 0..2 {
+        for out in run_all() {
+            let code = out.status.code();
+            assert!(
+                code == Some(0) || code == Some(3),
+                "{code:?}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    for out in run_all() {
+        assert_code(&out, 0);
+    }
+    for t in &targets {
+        assert_same_tree(&src, t);
+    }
+}
