@@ -57,6 +57,52 @@ pub struct SyncOptions {
     pub replica: ReplicaOptions,
 }
 
+/// What one cycle scans on each side: everything, or (in continuous mode)
+/// only the paths each side's watch reported.
+#[derive(Debug, Clone, Default)]
+pub enum Scope {
+    #[default]
+    Full,
+    Dirty {
+        local: Dirty,
+        remote: Dirty,
+    },
+}
+
+/// Paths a watch reported: entries to stat, and directories to walk whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub paths: Vec<RelPath>,
+    pub trees: Vec<RelPath>,
+}
+
+impl Scope {
+    fn local(&self) -> Option<&Dirty> {
+        match self {
+            Scope::Full => None,
+            Scope::Dirty { local, .. } => Some(local),
+        }
+    }
+
+    fn remote(&self) -> Option<&Dirty> {
+        match self {
+            Scope::Full => None,
+            Scope::Dirty { remote, .. } => Some(remote),
+        }
+    }
+}
+
+fn scan_side(
+    endpoint: &dyn Endpoint,
+    dirty: Option<&Dirty>,
+    options: &DiffOptions,
+) -> Result<ChangeSet, EndpointError> {
+    match dirty {
+        None => endpoint.scan(options),
+        Some(dirty) => endpoint.scan_dirty(&dirty.paths, &dirty.trees, options),
+    }
+}
+
 /// Hears about a run as it goes: the CLI's progress bar and `-v` lines.
 pub trait Observer: Sync {
     fn planned(&self, _plan: &Plan) {}
@@ -111,8 +157,6 @@ pub fn run_replica(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
-    let clock = Instant::now();
-    let started_at = chrono_like_now();
     let (source, target) = match options.direction {
         Direction::Push => (local, remote),
         Direction::Pull => (remote, local),
@@ -127,16 +171,38 @@ pub fn run_replica(
     };
     let source_facts = source.open_session(&request(Role::Source))?;
     let target_facts = target.open_session(&request(Role::Target))?;
-    let (source_id, target_id) = (source.root_id(), target.root_id());
     let (local_facts, remote_facts) = match options.direction {
         Direction::Push => (&source_facts, &target_facts),
         _ => (&target_facts, &source_facts),
     };
     refuse_loops(local, remote, local_facts, remote_facts, options, observer)?;
+    replica_cycle(local, remote, options, observer, stop, &Scope::Full)
+}
 
+/// One pass of a push or pull whose session is open: scan (all, or only
+/// what `scope` names), plan, carry out, record.
+pub fn replica_cycle(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    scope: &Scope,
+) -> Result<Outcome, EndpointError> {
+    let clock = Instant::now();
+    let started_at = chrono_like_now();
+    let (source, target) = match options.direction {
+        Direction::Pull => (remote, local),
+        _ => (local, remote),
+    };
+    let (source_scope, target_scope) = match options.direction {
+        Direction::Pull => (scope.remote(), scope.local()),
+        _ => (scope.local(), scope.remote()),
+    };
+    let (source_id, target_id) = (source.root_id(), target.root_id());
     let (source_set, target_set) = std::thread::scope(|scope| {
-        let source_scan = scope.spawn(|| source.scan(&options.diff));
-        let target_set = target.scan(&options.diff);
+        let source_scan = scope.spawn(|| scan_side(source, source_scope, &options.diff));
+        let target_set = scan_side(target, target_scope, &options.diff);
         let source_set = source_scan
             .join()
             .unwrap_or_else(|_| Err(EndpointError::Root("the source scan failed".into())));
@@ -380,8 +446,6 @@ pub fn run_bidi(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
-    let clock = Instant::now();
-    let started_at = chrono_like_now();
     let request = SessionRequest {
         session: options.session.clone(),
         direction: Direction::Bidi.as_str().to_string(),
@@ -391,7 +455,6 @@ pub fn run_bidi(
     };
     let local_facts = local.open_session(&request)?;
     let remote_facts = remote.open_session(&request)?;
-    let (local_id, remote_id) = (local.root_id(), remote.root_id());
     refuse_loops(
         local,
         remote,
@@ -400,6 +463,39 @@ pub fn run_bidi(
         options,
         observer,
     )?;
+    let decided = decisions_of(local_facts, remote_facts);
+    bidi_cycle(
+        local,
+        remote,
+        options,
+        observer,
+        stop,
+        &Scope::Full,
+        decided,
+    )
+}
+
+/// The decisions `resolve` recorded on either side, in this run's words.
+fn decisions_of(local: SessionFacts, remote: SessionFacts) -> Vec<(Side, Decision)> {
+    let mut decided: Vec<(Side, Decision)> = Vec::new();
+    decided.extend(local.decisions.into_iter().map(|d| (Side::Local, d)));
+    decided.extend(remote.decisions.into_iter().map(|d| (Side::Remote, d)));
+    decided
+}
+
+/// One pass of a bidi session whose session is open.
+pub fn bidi_cycle(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    scope: &Scope,
+    decided: Vec<(Side, Decision)>,
+) -> Result<Outcome, EndpointError> {
+    let clock = Instant::now();
+    let started_at = chrono_like_now();
+    let (local_id, remote_id) = (local.root_id(), remote.root_id());
     let root_id = |side: Side| match side {
         Side::Local => local_id.clone(),
         Side::Remote => remote_id.clone(),
@@ -409,15 +505,6 @@ pub fn run_bidi(
         Side::Remote => remote,
     };
 
-    // Decisions made with `resolve` on either side, in this run's words.
-    let mut decided: Vec<(Side, Decision)> = Vec::new();
-    decided.extend(local_facts.decisions.into_iter().map(|d| (Side::Local, d)));
-    decided.extend(
-        remote_facts
-            .decisions
-            .into_iter()
-            .map(|d| (Side::Remote, d)),
-    );
     let mut failures: Vec<(RelPath, String)> = Vec::new();
     let mut keep_newer: Vec<RelPath> = Vec::new();
     let mut keep_both: Vec<(RelPath, Side, String)> = Vec::new();
@@ -450,9 +537,9 @@ pub fn run_bidi(
     }
 
     let scan_both = || {
-        let (local_set, remote_set) = std::thread::scope(|scope| {
-            let remote_scan = scope.spawn(|| remote.scan(&options.diff));
-            let local_set = local.scan(&options.diff);
+        let (local_set, remote_set) = std::thread::scope(|threads| {
+            let remote_scan = threads.spawn(|| scan_side(remote, scope.remote(), &options.diff));
+            let local_set = scan_side(local, scope.local(), &options.diff);
             let remote_set = remote_scan
                 .join()
                 .unwrap_or_else(|_| Err(EndpointError::Root("the remote scan failed".into())));

@@ -140,6 +140,19 @@ pub trait Endpoint: Send + Sync {
     /// Scans the root against this session's snapshot.
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError>;
 
+    /// Scans only these paths (and the whole of these directories) against
+    /// this session's snapshot: continuous mode's cycles. By default a full
+    /// scan, which finds the same changes and more.
+    fn scan_dirty(
+        &self,
+        paths: &[RelPath],
+        trees: &[RelPath],
+        options: &DiffOptions,
+    ) -> Result<ChangeSet, EndpointError> {
+        let _ = (paths, trees);
+        self.scan(options)
+    }
+
     /// Current entries of these paths, as of the scan; absent paths are left out.
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError>;
 
