@@ -65,6 +65,11 @@ pub enum Body {
     Signatures(Vec<RelPath>),
     HashFiles(Vec<RelPath>),
     RecordLineage(Vec<crate::lineage::Edge>),
+    /// Continuous mode: watch the root; reports follow as [`Body::Changes`]
+    /// tagged with this call, for as long as the connection lasts.
+    Watch(crate::endpoint::WatchTiming),
+    /// The decisions `resolve` recorded since the session opened.
+    Decisions,
     ReadXattrs(Vec<Entry>),
     Apply {
         ops: Vec<(Op, Option<Xattrs>)>,
@@ -94,6 +99,8 @@ pub enum Body {
     Content(Vec<(Hash, Vec<RelPath>)>),
     Signed(Vec<(RelPath, Signature)>),
     Hashes(Vec<(RelPath, Hash)>),
+    Changes(crate::endpoint::WatchReport),
+    DecisionList(Vec<crate::state::Decision>),
     Xattrs(Vec<Option<Xattrs>>),
     Applied(Vec<Result<Applied, OpFailure>>),
     Done,

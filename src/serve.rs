@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::endpoint::wire::{write_whole, WireFileWriter};
-use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint};
+use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, ReportSink};
 use crate::protocol::{
     file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError, CAPABILITIES,
 };
@@ -154,6 +154,25 @@ fn serve_session(
                     .map_or_else(failed, |()| Body::Done),
             ),
             Body::Finish(end) => Some(endpoint.finish(&end).map_or_else(failed, |()| Body::Done)),
+            Body::Decisions => Some(
+                endpoint
+                    .decisions()
+                    .map_or_else(failed, Body::DecisionList),
+            ),
+            Body::Watch(timing) => {
+                // Answered at once (done, or why the root cannot be
+                // watched); reports follow, tagged with this call, from the
+                // watch's own thread.
+                let reports = Arc::clone(out);
+                let sink: ReportSink = Box::new(move |report| {
+                    send(&reports, call, Body::Changes(report), true).is_ok()
+                });
+                Some(
+                    endpoint
+                        .watch(timing, sink)
+                        .map_or_else(failed, |()| Body::Done),
+                )
+            }
             Body::SendFiles {
                 jobs,
                 xattrs,

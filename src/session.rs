@@ -15,7 +15,8 @@ use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
 use crate::changes::DiffOptions;
 use crate::changes::{ChangeKind, ChangeSet};
 use crate::endpoint::{
-    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, Role, RunEnd, SessionRequest,
+    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, ReportSink, Role, RunEnd,
+    SessionRequest, WatchReport, WatchTiming,
 };
 use crate::lineage::{self, Edge};
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
@@ -157,10 +158,22 @@ pub fn run_replica(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
-    let (source, target) = match options.direction {
-        Direction::Push => (local, remote),
-        Direction::Pull => (remote, local),
-        Direction::Bidi => return run_bidi(local, remote, options, observer, stop),
+    let decided = open_pair(local, remote, options, observer)?;
+    cycle(local, remote, options, observer, stop, &Scope::Full, decided)
+}
+
+/// Opens the session on both roots (the direction decides their roles),
+/// refuses a loop, and returns the decisions `resolve` recorded (bidi).
+fn open_pair(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+) -> Result<Vec<(Side, Decision)>, EndpointError> {
+    let (local_role, remote_role) = match options.direction {
+        Direction::Push => (Role::Source, Role::Target),
+        Direction::Pull => (Role::Target, Role::Source),
+        Direction::Bidi => (Role::Both, Role::Both),
     };
     let request = |role| SessionRequest {
         session: options.session.clone(),
@@ -169,14 +182,157 @@ pub fn run_replica(
         reset: options.reset,
         dry_run: options.dry_run,
     };
-    let source_facts = source.open_session(&request(Role::Source))?;
-    let target_facts = target.open_session(&request(Role::Target))?;
-    let (local_facts, remote_facts) = match options.direction {
-        Direction::Push => (&source_facts, &target_facts),
-        _ => (&target_facts, &source_facts),
+    // The source opens first: a missing source is the error to report.
+    let (local_facts, remote_facts) = if options.direction == Direction::Pull {
+        let remote_facts = remote.open_session(&request(remote_role))?;
+        (local.open_session(&request(local_role))?, remote_facts)
+    } else {
+        let local_facts = local.open_session(&request(local_role))?;
+        (local_facts, remote.open_session(&request(remote_role))?)
     };
-    refuse_loops(local, remote, local_facts, remote_facts, options, observer)?;
-    replica_cycle(local, remote, options, observer, stop, &Scope::Full)
+    refuse_loops(local, remote, &local_facts, &remote_facts, options, observer)?;
+    Ok(decisions_of(local_facts, remote_facts))
+}
+
+/// One pass of whichever direction the session has.
+fn cycle(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    scope: &Scope,
+    decided: Vec<(Side, Decision)>,
+) -> Result<Outcome, EndpointError> {
+    match options.direction {
+        Direction::Bidi => bidi_cycle(local, remote, options, observer, stop, scope, decided),
+        _ => replica_cycle(local, remote, options, observer, stop, scope),
+    }
+}
+
+/// How continuous mode waits.
+#[derive(Debug, Clone, Copy)]
+pub struct ContinuousOptions {
+    /// Quiet time before a burst of changes is synced.
+    pub cooloff: Duration,
+    /// Period of the safety rescans, and of polling where a root cannot be watched.
+    pub scan_interval: Duration,
+}
+
+/// The longest a constantly changing tree delays a cycle.
+const MAX_COOLOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// Continuous mode: a full first pass, then a cycle for each burst of
+/// changes either root reports, scanning only the paths reported; a full
+/// rescan when a watch cannot vouch for its events, every `scan_interval`,
+/// and as polling where a root cannot be watched. Ends when `stop` is set
+/// (after the file in flight), with every cycle's outcome handed to `each`.
+pub fn run_continuous(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    continuous: &ContinuousOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    each: &mut dyn FnMut(&Outcome),
+) -> Result<(), EndpointError> {
+    let decided = open_pair(local, remote, options, observer)?;
+    let first = cycle(local, remote, options, observer, stop, &Scope::Full, decided)?;
+    each(&first);
+    let (tx, rx) = crossbeam_channel::bounded::<(Side, WatchReport)>(64);
+    let timing = WatchTiming {
+        cooloff: continuous.cooloff,
+        max_wait: MAX_COOLOFF_WAIT.max(continuous.cooloff),
+    };
+    for (side, endpoint) in [(Side::Local, local), (Side::Remote, remote)] {
+        let tx = tx.clone();
+        let sink: ReportSink = Box::new(move |report| tx.send((side, report)).is_ok());
+        if let Err(error) = endpoint.watch(timing, sink) {
+            observer.warning(&format!(
+                "{}: {error}; polling it every {} s instead",
+                endpoint.describe(),
+                continuous.scan_interval.as_secs()
+            ));
+        }
+    }
+    drop(tx);
+    let mut next_rescan = Instant::now() + continuous.scan_interval;
+    let mut told: BTreeSet<String> = BTreeSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        let wait = next_rescan
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        let scope = match rx.recv_timeout(wait) {
+            Ok(first) => {
+                let mut reports = vec![first];
+                reports.extend(rx.try_iter());
+                merge_reports(reports, &mut |reason| {
+                    // Each kind of fallback is said once.
+                    if told.insert(reason.to_string()) {
+                        observer.warning(&format!("{reason}; rescanning against the snapshot"));
+                    }
+                })
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                // Nothing watches (or can): poll.
+                std::thread::sleep(wait);
+                if Instant::now() < next_rescan {
+                    continue;
+                }
+                Scope::Full
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if Instant::now() < next_rescan {
+                    continue;
+                }
+                Scope::Full
+            }
+        };
+        if matches!(scope, Scope::Full) {
+            next_rescan = Instant::now() + continuous.scan_interval;
+        }
+        let decided = match options.direction {
+            Direction::Bidi => {
+                let facts = (local.decisions()?, remote.decisions()?);
+                let mut decided: Vec<(Side, Decision)> =
+                    facts.0.into_iter().map(|d| (Side::Local, d)).collect();
+                decided.extend(facts.1.into_iter().map(|d| (Side::Remote, d)));
+                decided
+            }
+            _ => Vec::new(),
+        };
+        let outcome = cycle(local, remote, options, observer, stop, &scope, decided)?;
+        each(&outcome);
+    }
+    Ok(())
+}
+
+/// One cycle's scope from the reports that arrived together.
+fn merge_reports(reports: Vec<(Side, WatchReport)>, fallback: &mut dyn FnMut(&str)) -> Scope {
+    let (mut local, mut remote) = (Dirty::default(), Dirty::default());
+    let mut full = false;
+    for (side, report) in reports {
+        if let Some(reason) = &report.rescan {
+            fallback(reason);
+            full = true;
+        }
+        let dirty = match side {
+            Side::Local => &mut local,
+            Side::Remote => &mut remote,
+        };
+        dirty.paths.extend(report.paths);
+        dirty.trees.extend(report.trees);
+    }
+    if full {
+        return Scope::Full;
+    }
+    for dirty in [&mut local, &mut remote] {
+        dirty.paths.sort();
+        dirty.paths.dedup();
+        dirty.trees.sort();
+        dirty.trees.dedup();
+    }
+    Scope::Dirty { local, remote }
 }
 
 /// One pass of a push or pull whose session is open: scan (all, or only
@@ -446,33 +602,8 @@ pub fn run_bidi(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
-    let request = SessionRequest {
-        session: options.session.clone(),
-        direction: Direction::Bidi.as_str().to_string(),
-        role: Role::Both,
-        reset: options.reset,
-        dry_run: options.dry_run,
-    };
-    let local_facts = local.open_session(&request)?;
-    let remote_facts = remote.open_session(&request)?;
-    refuse_loops(
-        local,
-        remote,
-        &local_facts,
-        &remote_facts,
-        options,
-        observer,
-    )?;
-    let decided = decisions_of(local_facts, remote_facts);
-    bidi_cycle(
-        local,
-        remote,
-        options,
-        observer,
-        stop,
-        &Scope::Full,
-        decided,
-    )
+    let decided = open_pair(local, remote, options, observer)?;
+    bidi_cycle(local, remote, options, observer, stop, &Scope::Full, decided)
 }
 
 /// The decisions `resolve` recorded on either side, in this run's words.

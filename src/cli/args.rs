@@ -79,6 +79,15 @@ pub struct SyncArgs {
     /// Print the plan; change nothing, snapshots included
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// After the first sync keep running, syncing changes as they happen
+    #[arg(short = 'C', long, conflicts_with = "dry_run")]
+    pub continuous: bool,
+    /// Continuous mode: quiet time before a burst of changes is synced
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub cooloff: u64,
+    /// Continuous mode: period of safety rescans (and of polling where watching is impossible)
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scan_interval: u64,
 
     /// Exclude paths matching PAT (rules apply in order, first match wins)
     #[arg(long, value_name = "PAT")]

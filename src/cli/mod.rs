@@ -19,7 +19,7 @@ use snapsync::endpoint::{ConnectOptions, Endpoint, LocalEndpoint, RemoteEndpoint
 use snapsync::filter::{parse_filter_file, FilterError, Filters, RuleKind, RuleSpec};
 use snapsync::model::Preserve;
 use snapsync::reconcile::ReplicaOptions;
-use snapsync::session::{run_replica, Direction, SyncOptions};
+use snapsync::session::{run_continuous, run_replica, ContinuousOptions, Direction, SyncOptions};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -164,6 +164,30 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
             .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
     let printer = output::Printer::new(args, direction == Direction::Bidi);
+    if args.continuous {
+        let continuous = ContinuousOptions {
+            cooloff: std::time::Duration::from_millis(args.cooloff),
+            scan_interval: std::time::Duration::from_secs(args.scan_interval),
+        };
+        let mut first = true;
+        run_continuous(
+            &local_end,
+            remote_end.as_ref(),
+            &options,
+            &continuous,
+            &printer,
+            &stop,
+            &mut |outcome| {
+                // The first pass, then each cycle that did something.
+                if std::mem::take(&mut first) || !quiet_cycle(outcome) {
+                    printer.finish(outcome);
+                }
+            },
+        )
+        .map_err(|e| Failure::error(e.to_string()))?;
+        // SIGINT / SIGTERM end a continuous session normally.
+        return Ok(EXIT_OK);
+    }
     let outcome = run_replica(&local_end, remote_end.as_ref(), &options, &printer, &stop)
         .map_err(|e| Failure::error(e.to_string()))?;
     printer.finish(&outcome);
@@ -176,6 +200,14 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
     } else {
         EXIT_OK
     })
+}
+
+/// A continuous-mode cycle that changed nothing and found nothing to say
+/// (the echo of the previous cycle's own writes, for one).
+fn quiet_cycle(outcome: &snapsync::session::Outcome) -> bool {
+    let s = &outcome.summary;
+    s.created + s.updated + s.deleted + s.renamed + s.copied + s.conflicts + s.errors == 0
+        && outcome.failures.is_empty()
 }
 
 /// The `--exclude`, `--include` and `--filter-from` rules in the order

@@ -560,6 +560,13 @@ impl Endpoint for LocalEndpoint {
         Ok(found)
     }
 
+    fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError> {
+        self.with_session(|s| match &s.db {
+            Some(db) => Ok(db.facts()?.decisions),
+            None => Ok(Vec::new()),
+        })?
+    }
+
     fn record_lineage(&self, edges: &[Edge]) -> Result<(), EndpointError> {
         let dry_run = self.with_session(|s| s.request.dry_run)?;
         if !dry_run {

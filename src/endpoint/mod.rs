@@ -153,6 +153,23 @@ pub trait Endpoint: Send + Sync {
         self.scan(options)
     }
 
+    /// Continuous mode: reports this root's changes to `sink` from now until
+    /// the session ends (or `sink` returns false), each report after
+    /// `timing`'s quiet time. An error when the root cannot be watched: the
+    /// caller then polls it with full scans.
+    fn watch(&self, timing: WatchTiming, sink: ReportSink) -> Result<(), EndpointError> {
+        let _ = (timing, sink);
+        Err(EndpointError::Root(format!(
+            "{} cannot be watched by this snapsync",
+            self.describe()
+        )))
+    }
+
+    /// The decisions `resolve` recorded on this root since the session opened.
+    fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError> {
+        Ok(Vec::new())
+    }
+
     /// Current entries of these paths, as of the scan; absent paths are left out.
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError>;
 
@@ -203,6 +220,29 @@ pub trait Endpoint: Send + Sync {
     /// the session established.
     fn finish(&self, end: &RunEnd) -> Result<(), EndpointError>;
 }
+
+/// How a watch waits before reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchTiming {
+    /// Quiet time after the last change before a report.
+    pub cooloff: std::time::Duration,
+    /// The longest a report waits after its first change.
+    pub max_wait: std::time::Duration,
+}
+
+/// Changes a watch saw in one burst.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// Paths whose own entry may have changed: to stat.
+    pub paths: Vec<RelPath>,
+    /// Directories that appeared: to walk whole.
+    pub trees: Vec<RelPath>,
+    /// The events cannot be trusted to be complete: rescan everything. Why.
+    pub rescan: Option<String>,
+}
+
+/// Where a watch hands its reports; false when nobody listens any more.
+pub type ReportSink = Box<dyn Fn(WatchReport) -> bool + Send + Sync>;
 
 /// How a run ended, for each endpoint to record.
 #[derive(Debug, Clone, Serialize, Deserialize)]

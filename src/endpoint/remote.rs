@@ -470,6 +470,58 @@ impl Endpoint for RemoteEndpoint {
         Ok(content.into_iter().collect())
     }
 
+    fn watch(
+        &self,
+        timing: crate::endpoint::WatchTiming,
+        sink: crate::endpoint::ReportSink,
+    ) -> Result<(), EndpointError> {
+        let (call, rx) = self.conn.start_call(Body::Watch(timing))?;
+        // The far end answers (done, or why not); its reports follow on
+        // this call for as long as the connection lasts.
+        let conn = Arc::clone(&self.conn);
+        loop {
+            match conn.next(&rx) {
+                Ok(Body::Done) => break,
+                Ok(Body::Changes(report)) => {
+                    sink(report);
+                }
+                Ok(Body::Failed(message)) => {
+                    conn.calls.lock().unwrap().remove(&call);
+                    return Err(EndpointError::Root(message));
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(()) => return Err(conn.lost()),
+            }
+        }
+        std::thread::Builder::new()
+            .name("snapsync-far-watch".into())
+            .spawn(move || {
+                while let Ok(body) = conn.next(&rx) {
+                    match body {
+                        Body::Changes(report) => {
+                            if !sink(report) {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                conn.calls.lock().unwrap().remove(&call);
+                // A lost connection: whatever happened meanwhile is unknown.
+                sink(crate::endpoint::WatchReport {
+                    rescan: Some(format!("the watch on {} ended", conn.host)),
+                    ..Default::default()
+                });
+            })
+            .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+        Ok(())
+    }
+
+    fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError> {
+        let reply = self.conn.call(Body::Decisions)?;
+        expect_reply!(reply, Body::DecisionList(list) => list)
+    }
+
     fn record_lineage(&self, edges: &[crate::lineage::Edge]) -> Result<(), EndpointError> {
         let reply = self.conn.call(Body::RecordLineage(edges.to_vec()))?;
         expect_reply!(reply, Body::Done => ())
