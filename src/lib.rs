@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: [`scan`] → [`changes`] (change set) → [`reconcile`]
 //! ([`plan`]; [`bidi`] for both ways) → [`apply`] through an [`endpoint`] → [`state`] (snapshot
-//! commit). [`session`] drives one run. The library knows nothing of the
+//! commit). [`session`] drives one run; [`watch`] gathers what changes
+//! between runs in continuous mode. The library knows nothing of the
 //! terminal: the binary (`src/main.rs`, `src/cli/`) parses arguments, prints
 //! and chooses exit codes.
 
@@ -21,6 +22,7 @@ pub mod scan;
 pub mod serve;
 pub mod session;
 pub mod state;
+pub mod watch;
 
 /// Version of the wire protocol this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
