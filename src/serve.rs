@@ -154,11 +154,7 @@ fn serve_session(
                     .map_or_else(failed, |()| Body::Done),
             ),
             Body::Finish(end) => Some(endpoint.finish(&end).map_or_else(failed, |()| Body::Done)),
-            Body::Decisions => Some(
-                endpoint
-                    .decisions()
-                    .map_or_else(failed, Body::DecisionList),
-            ),
+            Body::Decisions => Some(endpoint.decisions().map_or_else(failed, Body::DecisionList)),
             Body::Watch(timing) => {
                 // Answered at once (done, or why the root cannot be
                 // watched); reports follow, tagged with this call, from the

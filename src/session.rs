@@ -159,7 +159,15 @@ pub fn run_replica(
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
     let decided = open_pair(local, remote, options, observer)?;
-    cycle(local, remote, options, observer, stop, &Scope::Full, decided)
+    cycle(
+        local,
+        remote,
+        options,
+        observer,
+        stop,
+        &Scope::Full,
+        decided,
+    )
 }
 
 /// Opens the session on both roots (the direction decides their roles),
@@ -190,7 +198,14 @@ fn open_pair(
         let local_facts = local.open_session(&request(local_role))?;
         (local_facts, remote.open_session(&request(remote_role))?)
     };
-    refuse_loops(local, remote, &local_facts, &remote_facts, options, observer)?;
+    refuse_loops(
+        local,
+        remote,
+        &local_facts,
+        &remote_facts,
+        options,
+        observer,
+    )?;
     Ok(decisions_of(local_facts, remote_facts))
 }
 
@@ -237,8 +252,8 @@ pub fn run_continuous(
     each: &mut dyn FnMut(&Outcome),
 ) -> Result<(), EndpointError> {
     let decided = open_pair(local, remote, options, observer)?;
-    let first = cycle(local, remote, options, observer, stop, &Scope::Full, decided)?;
-    each(&first);
+    // Watching starts before the first pass, so nothing changed during it
+    // goes unseen (its first reports may repeat what the pass found).
     let (tx, rx) = crossbeam_channel::bounded::<(Side, WatchReport)>(64);
     let timing = WatchTiming {
         cooloff: continuous.cooloff,
@@ -256,6 +271,16 @@ pub fn run_continuous(
         }
     }
     drop(tx);
+    let first = cycle(
+        local,
+        remote,
+        options,
+        observer,
+        stop,
+        &Scope::Full,
+        decided,
+    )?;
+    each(&first);
     let mut next_rescan = Instant::now() + continuous.scan_interval;
     let mut told: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
@@ -603,7 +628,15 @@ pub fn run_bidi(
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
     let decided = open_pair(local, remote, options, observer)?;
-    bidi_cycle(local, remote, options, observer, stop, &Scope::Full, decided)
+    bidi_cycle(
+        local,
+        remote,
+        options,
+        observer,
+        stop,
+        &Scope::Full,
+        decided,
+    )
 }
 
 /// The decisions `resolve` recorded on either side, in this run's words.

@@ -8,12 +8,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::{
-    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, Role, RunEnd,
-    SessionRequest, SourceEnd,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, ReportSink,
+    Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
 };
 use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
 use crate::changes::{detect_renames, diff_stream, ChangeSet, DiffOptions, SizesWorthHashing};
@@ -24,6 +25,7 @@ use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
 use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions, ScanReport};
 use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate};
+use crate::watch::Watch;
 
 pub struct LocalEndpoint {
     root: PathBuf,
@@ -40,6 +42,8 @@ pub struct LocalEndpoint {
     offered: Mutex<HashMap<RelPath, Entry>>,
     /// `--links follow`: files are read, and re-checked, through links.
     follow_links: AtomicBool,
+    /// Set when the endpoint goes: its watch thread (continuous mode) ends.
+    unwatch: Arc<AtomicBool>,
     root_id: Mutex<Option<String>>,
 }
 
@@ -113,6 +117,7 @@ impl LocalEndpoint {
             changed: RwLock::new(Vec::new()),
             offered: Mutex::new(HashMap::new()),
             follow_links: AtomicBool::new(false),
+            unwatch: Arc::new(AtomicBool::new(false)),
             root_id: Mutex::new(None),
         }
     }
@@ -560,6 +565,59 @@ impl Endpoint for LocalEndpoint {
         Ok(found)
     }
 
+    fn watch(&self, timing: WatchTiming, sink: ReportSink) -> Result<(), EndpointError> {
+        let root = self.root.clone();
+        let state = self.state_dir_inside_root();
+        let ignore = move |path: &RelPath| state.as_ref().is_some_and(|s| path.starts_with(s));
+        let start = {
+            let (root, ignore) = (root.clone(), ignore.clone());
+            move || Watch::start(&root, ignore.clone())
+        };
+        let mut watch = start().map_err(|e| EndpointError::Root(e.to_string()))?;
+        let stop = Arc::clone(&self.unwatch);
+        let describe = self.describe();
+        std::thread::Builder::new()
+            .name("snapsync-watch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let batch = watch.wait(
+                        timing.cooloff,
+                        timing.max_wait,
+                        Duration::from_secs(1),
+                        &stop,
+                    );
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let rewatch = batch.rewatch;
+                    let report = WatchReport {
+                        paths: batch.paths.into_iter().collect(),
+                        trees: batch.trees.into_iter().collect(),
+                        rescan: batch.rescan.map(|why| format!("{describe}: {why}")),
+                    };
+                    if !sink(report) {
+                        return;
+                    }
+                    if rewatch {
+                        // The watch no longer covers the tree: a new one, or
+                        // (failing that) the caller's safety rescans only.
+                        match start() {
+                            Ok(again) => watch = again,
+                            Err(e) => {
+                                sink(WatchReport {
+                                    rescan: Some(format!("{describe}: watching stopped: {e}")),
+                                    ..Default::default()
+                                });
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+        Ok(())
+    }
+
     fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError> {
         self.with_session(|s| match &s.db {
             Some(db) => Ok(db.facts()?.decisions),
@@ -821,5 +879,11 @@ impl LocalWriter<'_> {
             self.error = Some(e);
             io::Error::other(message)
         })
+    }
+}
+
+impl Drop for LocalEndpoint {
+    fn drop(&mut self) {
+        self.unwatch.store(true, Ordering::SeqCst);
     }
 }
