@@ -261,7 +261,7 @@ fn fan_out_to_four_targets_while_the_source_changes() {
                     &format!("live/f{}", n % 50),
                     format!("version {n}").as_bytes(),
                 );
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     let _ = fs::remove_file(src.join(format!("live/f{}", (n + 3) % 50)));
                 }
                 n += 1;
