@@ -240,26 +240,26 @@ const MAX_COOLOFF_WAIT: Duration = Duration::from_secs(2);
 /// Continuous mode: a full first pass, then a cycle for each burst of
 /// changes either root reports, scanning only the paths reported; a full
 /// rescan when a watch cannot vouch for its events, every `scan_interval`,
-/// and as polling where a root cannot be watched. Ends when `stop` is set
-/// (after the file in flight), with every cycle's outcome handed to `each`.
+/// and as polling where a root cannot be watched. A lost connection to the
+/// remote root is made again (`connect`) with back-off, then a full pass
+/// syncs what changed meanwhile. Ends when `stop` is set (after the file in
+/// flight), with every cycle's outcome handed to `each`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_continuous(
     local: &dyn Endpoint,
-    remote: &dyn Endpoint,
+    connect: &dyn Fn() -> Result<Box<dyn Endpoint>, EndpointError>,
     options: &SyncOptions,
     continuous: &ContinuousOptions,
     observer: &dyn Observer,
     stop: &AtomicBool,
     each: &mut dyn FnMut(&Outcome),
 ) -> Result<(), EndpointError> {
-    let decided = open_pair(local, remote, options, observer)?;
-    // Watching starts before the first pass, so nothing changed during it
-    // goes unseen (its first reports may repeat what the pass found).
     let (tx, rx) = crossbeam_channel::bounded::<(Side, WatchReport)>(64);
     let timing = WatchTiming {
         cooloff: continuous.cooloff,
         max_wait: MAX_COOLOFF_WAIT.max(continuous.cooloff),
     };
-    for (side, endpoint) in [(Side::Local, local), (Side::Remote, remote)] {
+    let watch = |side: Side, endpoint: &dyn Endpoint| {
         let tx = tx.clone();
         let sink: ReportSink = Box::new(move |report| tx.send((side, report)).is_ok());
         if let Err(error) = endpoint.watch(timing, sink) {
@@ -269,11 +269,16 @@ pub fn run_continuous(
                 continuous.scan_interval.as_secs()
             ));
         }
-    }
-    drop(tx);
+    };
+    let mut remote = connect()?;
+    let decided = open_pair(local, remote.as_ref(), options, observer)?;
+    // Watching starts before the first pass, so nothing changed during it
+    // goes unseen (its first reports may repeat what the pass found).
+    watch(Side::Local, local);
+    watch(Side::Remote, remote.as_ref());
     let first = cycle(
         local,
-        remote,
+        remote.as_ref(),
         options,
         observer,
         stop,
@@ -298,15 +303,7 @@ pub fn run_continuous(
                     }
                 })
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                // Nothing watches (or can): poll.
-                std::thread::sleep(wait);
-                if Instant::now() < next_rescan {
-                    continue;
-                }
-                Scope::Full
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            Err(_) => {
                 if Instant::now() < next_rescan {
                     continue;
                 }
@@ -316,20 +313,107 @@ pub fn run_continuous(
         if matches!(scope, Scope::Full) {
             next_rescan = Instant::now() + continuous.scan_interval;
         }
-        let decided = match options.direction {
-            Direction::Bidi => {
-                let facts = (local.decisions()?, remote.decisions()?);
-                let mut decided: Vec<(Side, Decision)> =
-                    facts.0.into_iter().map(|d| (Side::Local, d)).collect();
-                decided.extend(facts.1.into_iter().map(|d| (Side::Remote, d)));
-                decided
+        let result = decisions_now(local, remote.as_ref(), options).and_then(|decided| {
+            cycle(
+                local,
+                remote.as_ref(),
+                options,
+                observer,
+                stop,
+                &scope,
+                decided,
+            )
+        });
+        match result {
+            Ok(outcome) => each(&outcome),
+            Err(EndpointError::Lost(why)) => {
+                drop(remote);
+                remote = match reconnect(local, connect, options, observer, stop, &why)? {
+                    Some(again) => again,
+                    None => break,
+                };
+                watch(Side::Remote, remote.as_ref());
+                let decided = decisions_now(local, remote.as_ref(), options)?;
+                let outcome = cycle(
+                    local,
+                    remote.as_ref(),
+                    options,
+                    observer,
+                    stop,
+                    &Scope::Full,
+                    decided,
+                )?;
+                each(&outcome);
             }
-            _ => Vec::new(),
-        };
-        let outcome = cycle(local, remote, options, observer, stop, &scope, decided)?;
-        each(&outcome);
+            Err(error) => return Err(error),
+        }
     }
     Ok(())
+}
+
+/// The decisions `resolve` recorded on either root (bidi), read anew for
+/// each cycle so that a running session carries them out.
+fn decisions_now(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+) -> Result<Vec<(Side, Decision)>, EndpointError> {
+    if options.direction != Direction::Bidi {
+        return Ok(Vec::new());
+    }
+    let mut decided: Vec<(Side, Decision)> = local
+        .decisions()?
+        .into_iter()
+        .map(|d| (Side::Local, d))
+        .collect();
+    decided.extend(remote.decisions()?.into_iter().map(|d| (Side::Remote, d)));
+    Ok(decided)
+}
+
+/// The first wait before connecting again, doubled after each failure.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+/// Connects to the remote root again, waiting longer after each failure,
+/// until it works (the session is open there again) or `stop` is set
+/// (`None`). A refusal that retrying cannot cure ends the session.
+fn reconnect(
+    local: &dyn Endpoint,
+    connect: &dyn Fn() -> Result<Box<dyn Endpoint>, EndpointError>,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+    why: &str,
+) -> Result<Option<Box<dyn Endpoint>>, EndpointError> {
+    observer.warning(&format!("{why}; connecting again"));
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let attempt = connect().and_then(|remote| {
+            open_pair(local, remote.as_ref(), options, observer)?;
+            Ok(remote)
+        });
+        match attempt {
+            Ok(remote) => {
+                observer.warning(&format!("connected to {} again", remote.describe()));
+                return Ok(Some(remote));
+            }
+            Err(EndpointError::Refused(message)) => return Err(EndpointError::Refused(message)),
+            Err(error) => {
+                observer.warning(&format!(
+                    "{error}; trying again in {} s",
+                    (delay * 2).min(RECONNECT_MAX).as_secs()
+                ));
+                delay = (delay * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
 }
 
 /// One cycle's scope from the reports that arrived together.

@@ -203,3 +203,33 @@ fn the_far_end_reports_its_own_changes() {
     eventually("a near change arrives", || same(&a, &b));
     session.stop();
 }
+
+#[test]
+fn a_lost_connection_is_made_again_and_what_changed_meanwhile_arrives() {
+    let (tmp, a, b) = roots();
+    fs::create_dir_all(&b).unwrap();
+    let shim = rsh_shim(tmp.path());
+    write(&a, "first", b"1");
+    let remote = format!("far.example:{}", b.display());
+    let session = Session::start(
+        "bidi",
+        &[
+            "--rsh",
+            shim.to_str().unwrap(),
+            "--remote-command",
+            bin().to_str().unwrap(),
+        ],
+        &a,
+        &remote,
+    );
+    let pidfile = tmp.path().join("far.pid");
+    let far = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    Command::new("kill").args(["-9", &far]).status().unwrap();
+    // Changed on both sides while the far end is gone.
+    write(&a, "while-down-near", b"n");
+    write(&b, "while-down-far", b"f");
+    eventually("both changes arrive after reconnecting", || same(&a, &b));
+    let again = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert_ne!(again, far, "a new far end was started");
+    session.stop();
+}

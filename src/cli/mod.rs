@@ -142,20 +142,19 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         },
     };
     let local_end = LocalEndpoint::new(local, args.state_dir.clone(), preserve);
-    let remote_end: Box<dyn Endpoint> = match remote_spec {
-        Some(spec) => Box::new(
-            RemoteEndpoint::connect(
-                spec,
+    let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
+        Ok(match &remote_spec {
+            Some(spec) => Box::new(RemoteEndpoint::connect(
+                spec.clone(),
                 &ConnectOptions {
                     rsh: args.rsh.clone(),
                     remote_command: args.remote_command.clone(),
                     compress: args.compress,
                 },
                 preserve,
-            )
-            .map_err(|e| Failure::error(e.to_string()))?,
-        ),
-        None => Box::new(LocalEndpoint::new(remote_path, None, preserve)),
+            )?),
+            None => Box::new(LocalEndpoint::new(remote_path.clone(), None, preserve)),
+        })
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -172,7 +171,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         let mut first = true;
         run_continuous(
             &local_end,
-            remote_end.as_ref(),
+            &connect,
             &options,
             &continuous,
             &printer,
@@ -188,6 +187,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         // SIGINT / SIGTERM end a continuous session normally.
         return Ok(EXIT_OK);
     }
+    let remote_end = connect().map_err(|e| Failure::error(e.to_string()))?;
     let outcome = run_replica(&local_end, remote_end.as_ref(), &options, &printer, &stop)
         .map_err(|e| Failure::error(e.to_string()))?;
     printer.finish(&outcome);

@@ -360,6 +360,9 @@ impl Endpoint for LocalEndpoint {
                 )))
             }
         }
+        // Opened again (continuous mode, after reconnecting to the peer):
+        // the old hold on the session goes first.
+        self.session.lock().unwrap().take();
         let has_state = self.state_dir.is_dir();
         let (db, lock) = if request.dry_run && !has_state {
             (None, None)

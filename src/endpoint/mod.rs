@@ -52,6 +52,9 @@ pub enum EndpointError {
     Root(String),
     #[error("{0}")]
     Refused(String),
+    /// The connection to a far end broke; continuous mode reconnects.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// An operation on one path that failed; the run goes on without it.

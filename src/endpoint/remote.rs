@@ -96,7 +96,7 @@ impl Connection {
             .unwrap()
             .clone()
             .unwrap_or_else(|| "the connection closed".into());
-        EndpointError::Root(format!(
+        EndpointError::Lost(format!(
             "lost the connection to {}: {why}; nothing partial was left under a real name, run again to finish",
             self.host
         ))
