@@ -288,6 +288,11 @@ pub fn run_continuous(
     each(&first);
     let mut next_rescan = Instant::now() + continuous.scan_interval;
     let mut told: BTreeSet<String> = BTreeSet::new();
+    // While conflicts are pending, `resolve` may be run beside the session:
+    // its decisions are looked for every second (they touch no synced path,
+    // so no watch reports them).
+    let mut conflicts_pending = !first.conflicts.is_empty();
+    let mut next_decision_check = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let wait = next_rescan
             .saturating_duration_since(Instant::now())
@@ -303,12 +308,24 @@ pub fn run_continuous(
                     }
                 })
             }
-            Err(_) => {
-                if Instant::now() < next_rescan {
+            Err(_) if Instant::now() >= next_rescan => Scope::Full,
+            Err(_) if conflicts_pending && Instant::now() >= next_decision_check => {
+                next_decision_check = Instant::now() + Duration::from_secs(1);
+                let decided = decisions_now(local, remote.as_ref(), options)?;
+                if decided.is_empty() {
                     continue;
                 }
-                Scope::Full
+                let paths: Vec<RelPath> = decided.iter().map(|(_, d)| d.path.clone()).collect();
+                let dirty = Dirty {
+                    paths,
+                    trees: Vec::new(),
+                };
+                Scope::Dirty {
+                    local: dirty.clone(),
+                    remote: dirty,
+                }
             }
+            Err(_) => continue,
         };
         if matches!(scope, Scope::Full) {
             next_rescan = Instant::now() + continuous.scan_interval;
@@ -325,7 +342,15 @@ pub fn run_continuous(
             )
         });
         match result {
-            Ok(outcome) => each(&outcome),
+            Ok(outcome) => {
+                // Only a full pass can say that none are left.
+                if matches!(scope, Scope::Full) {
+                    conflicts_pending = !outcome.conflicts.is_empty();
+                } else {
+                    conflicts_pending |= !outcome.conflicts.is_empty();
+                }
+                each(&outcome);
+            }
             Err(EndpointError::Lost(why)) => {
                 drop(remote);
                 remote = match reconnect(local, connect, options, observer, stop, &why)? {
@@ -555,6 +580,7 @@ pub fn replica_cycle(
         summary: record.clone(),
         peer_root_id,
         conflicts: Vec::new(),
+        examined: None,
     };
     target.finish(&end(source_id, source))?;
     source.finish(&end(target_id, target))?;
@@ -942,6 +968,17 @@ pub fn bidi_cycle(
         let record = serde_json::to_string(&summary).unwrap_or_default();
         let end = |side: Side| RunEnd {
             peer: endpoint(side.other()).describe(),
+            examined: match scope {
+                Scope::Full => None,
+                Scope::Dirty { .. } => Some(
+                    local_set
+                        .changes
+                        .iter()
+                        .chain(&remote_set.changes)
+                        .map(|c| c.path.clone())
+                        .collect(),
+                ),
+            },
             complete: !interrupted,
             failures: failures.clone(),
             started: started_at.clone(),

@@ -471,6 +471,7 @@ impl SessionDb {
         &mut self,
         conflicts: &[ConflictRecord],
         failed: &[RelPath],
+        examined: Option<&[RelPath]>,
     ) -> Result<(), StateError> {
         let now = chrono_like_now();
         let path = self.path.clone();
@@ -491,6 +492,24 @@ impl SessionDb {
                 [path.as_bytes()],
             )
             .map_err(&corrupt)?;
+        }
+        if let Some(examined) = examined {
+            // A partial run says nothing of the conflicts it did not look at.
+            let known: Vec<Vec<u8>> = {
+                let mut stmt = tx
+                    .prepare("SELECT path FROM conflicts")
+                    .map_err(&corrupt)?;
+                let rows = stmt
+                    .query_map([], |row| row.get::<_, Vec<u8>>(0))
+                    .map_err(&corrupt)?;
+                rows.collect::<Result<_, _>>().map_err(&corrupt)?
+            };
+            let looked: std::collections::HashSet<&[u8]> =
+                examined.iter().map(|p| p.as_bytes()).collect();
+            for path in known.iter().filter(|p| !looked.contains(p.as_slice())) {
+                tx.execute("INSERT OR IGNORE INTO still(path) VALUES (?1)", [path])
+                    .map_err(&corrupt)?;
+            }
         }
         tx.execute(
             "DELETE FROM conflicts WHERE path NOT IN (SELECT path FROM still)",

@@ -233,3 +233,36 @@ fn a_lost_connection_is_made_again_and_what_changed_meanwhile_arrives() {
     assert_ne!(again, far, "a new far end was started");
     session.stop();
 }
+
+#[test]
+fn bidi_conflicts_are_reported_and_resolved_while_running() {
+    let (_tmp, a, b) = roots();
+    fs::create_dir_all(&b).unwrap();
+    write(&a, "f", b"base");
+    let session = Session::start("bidi", &["--cooloff", "300"], &a, b.to_str().unwrap());
+    // Both sides edit within one cooloff: a conflict, left as it is.
+    write(&a, "f", b"local edit");
+    write(&b, "f", b"remote edit!");
+    eventually("the conflict is recorded", || !conflicts(&a).is_empty());
+    assert_eq!(read(&a, "f"), b"local edit");
+    assert_eq!(read(&b, "f"), b"remote edit!");
+    // Other changes still flow while it is pending.
+    write(&a, "other", b"o");
+    eventually("other changes still arrive", || b.join("other").exists());
+    // Resolved beside the running session: carried out without restarting.
+    let out = Command::new(bin())
+        .args(["resolve", "--keep", "remote"])
+        .arg(a.join("f"))
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    eventually("the decision is carried out", || {
+        fs::read(a.join("f")).is_ok_and(|c| c == b"remote edit!")
+    });
+    eventually("no conflict is left", || conflicts(&a).is_empty());
+    let lines = session.stop();
+    assert!(
+        lines.iter().any(|l| l["conflicts"].as_u64() > Some(0)),
+        "a cycle line reports the conflict"
+    );
+}

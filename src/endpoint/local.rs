@@ -742,7 +742,7 @@ impl Endpoint for LocalEndpoint {
         db.apply_updates(&forgotten)?;
         db.record_errors(&end.failures)?;
         let failed: Vec<RelPath> = end.failures.iter().map(|(p, _)| p.clone()).collect();
-        db.record_conflicts(&end.conflicts, &failed)?;
+        db.record_conflicts(&end.conflicts, &failed, end.examined.as_deref())?;
         db.set_fact("direction", &session.request.direction)?;
         db.set_fact("filters", &session.filters_line)?;
         if let Some(peer) = &end.peer_root_id {

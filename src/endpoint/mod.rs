@@ -263,4 +263,7 @@ pub struct RunEnd {
     pub peer: String,
     /// Conflicts left after this run, in this endpoint's words (bidi).
     pub conflicts: Vec<ConflictRecord>,
+    /// The paths this run examined, when it did not scan the whole tree
+    /// (continuous mode): recorded conflicts elsewhere stand.
+    pub examined: Option<Vec<RelPath>>,
 }
