@@ -140,6 +140,20 @@ pub trait Endpoint: Send + Sync {
     /// Scans the root against this session's snapshot.
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError>;
 
+    /// Scans only these paths against this session's snapshot: `paths`
+    /// whose own entry may have changed, and `trees`, directories that
+    /// appeared, compared whole. The change set is what [`Endpoint::scan`]
+    /// would report for them (see [`crate::changes::diff_dirty`]; a tree at
+    /// the root is a full scan); every other path is taken to be as its
+    /// snapshot row records it, and `lookup` and `find_content` answer so
+    /// afterwards.
+    fn scan_dirty(
+        &self,
+        paths: &[RelPath],
+        trees: &[RelPath],
+        options: &DiffOptions,
+    ) -> Result<ChangeSet, EndpointError>;
+
     /// Current entries of these paths, as of the scan; absent paths are left out.
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError>;
 
