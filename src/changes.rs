@@ -1,5 +1,7 @@
 //! Change sets: what changed in one root since its snapshot, found by
-//! comparing a fresh scan with the snapshot rows. Pure.
+//! comparing a fresh scan with the snapshot rows, or only the paths a
+//! watcher reported ([`diff_dirty`], through the [`TreeNow`] and
+//! [`SnapshotRows`] it is given). Pure.
 //!
 //! Renames and moves are recognised here, on the endpoint that owns the
 //! inode numbers: same device and inode (and, for files, the same size and
@@ -10,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::filter::Filters;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
-use crate::scan::{LinkMode, Scanned};
+use crate::scan::{Found, LinkMode, Scanned, TreeNow};
 
 /// One path whose state differs from the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -80,7 +82,8 @@ pub struct ChangeSet {
     pub forgotten: Vec<RelPath>,
     /// Directories that could not be read, with the reason.
     pub unreadable: Vec<(RelPath, String)>,
-    /// Number of entries the scan found.
+    /// Number of entries the scan found (a scan of dirty paths: at and
+    /// below those paths, the directories above them aside).
     pub files_scanned: u64,
     /// Paths the scan skipped on purpose, for the user to see.
     pub warnings: Vec<String>,
@@ -130,8 +133,7 @@ pub fn diff_stream(
         match order {
             Ordering::Less => {
                 let before = snap.next().expect("peeked");
-                let covered = options.filters.includes(&before.path, before.kind)
-                    && !(before.kind == Kind::Symlink && options.links == LinkMode::Skip);
+                let covered = covers(&before, options);
                 let under_unreadable = || {
                     set.unreadable
                         .iter()
@@ -181,6 +183,120 @@ pub fn diff_stream(
         }
     }
     set
+}
+
+/// Read access to the snapshot, as a scan of only the dirty paths needs it.
+pub trait SnapshotRows {
+    type Error;
+    /// The row at `path`, if any.
+    fn row(&self, path: &RelPath) -> Result<Option<Entry>, Self::Error>;
+    /// Every row strictly below `dir` (all rows, for the root).
+    fn rows_under(&self, dir: &RelPath) -> Result<Vec<Entry>, Self::Error>;
+}
+
+/// The change set a full scan would give for these paths only: `paths`
+/// whose own entry may have changed, and `trees`, directories that
+/// appeared, whose whole subtree is compared; and the directory holding
+/// each of them (whose mtime changes when an entry is made or removed in
+/// it). Every other path is taken to be as its snapshot row records it.
+///
+/// A path that is, or was, a directory other than the one the snapshot
+/// records (a directory deleted, replaced, or made where a file was) is
+/// compared whole, like a tree: the rows below it with what is below it
+/// now. Paths below such a directory or a tree are covered by it. Rows the
+/// filters or link mode do not cover are left out (`forgotten` stays
+/// empty: the full scan that came first forgot them). Below a directory
+/// that cannot be listed nothing is known, so nothing there changes.
+/// Hashing and renames are the caller's, as after [`diff_stream`].
+pub fn diff_dirty<S: SnapshotRows>(
+    paths: &[RelPath],
+    trees: &[RelPath],
+    snapshot: &S,
+    tree: &mut dyn TreeNow,
+    options: &DiffOptions,
+) -> Result<ChangeSet, S::Error> {
+    // An entry made, removed or renamed changes its directory's mtime,
+    // which no watcher reports as a change of that directory's own.
+    let parents: Vec<RelPath> = paths
+        .iter()
+        .chain(trees)
+        .filter_map(RelPath::parent)
+        .filter(|parent| !parent.is_root())
+        .collect();
+    // Depth-first, so that what lies below a path comes right after it;
+    // a path that is also a tree is taken as the tree.
+    let mut dirty: Vec<(&RelPath, bool)> = trees
+        .iter()
+        .map(|t| (t, true))
+        .chain(paths.iter().chain(&parents).map(|p| (p, false)))
+        .collect();
+    dirty.sort_by(|a, b| a.0.cmp_tree(b.0).then(b.1.cmp(&a.1)));
+    dirty.dedup_by(|later, earlier| later.0 == earlier.0);
+
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    let mut walks = Vec::new();
+    // The last path compared whole: the paths below it are done with it.
+    let mut whole: Option<&RelPath> = None;
+    for (path, is_tree) in dirty {
+        if whole.is_some_and(|dir| path.starts_with(dir)) {
+            continue;
+        }
+        if path.is_root() {
+            // Only a tree: the root is no entry of its own.
+            if is_tree {
+                rows.extend(snapshot.rows_under(path)?);
+                walks.push(path.clone());
+                whole = Some(path);
+            }
+            continue;
+        }
+        let after = match tree.entry(path) {
+            Found::Entry(entry) => Some(entry),
+            Found::Absent => None,
+            Found::Unknown { dir, reason } => {
+                items.push(Scanned::Unreadable { dir, reason });
+                continue;
+            }
+        };
+        let before = snapshot.row(path)?;
+        if is_tree || spans_subtree(before.as_ref(), after.as_ref()) {
+            rows.extend(snapshot.rows_under(path)?);
+            if after.as_ref().is_some_and(|e| e.kind == Kind::Dir) {
+                walks.push(path.clone());
+            }
+            whole = Some(path);
+        }
+        rows.extend(before);
+        items.extend(after.map(Scanned::Entry));
+    }
+    items.extend(tree.walk(&walks));
+
+    rows.retain(|row| covers(row, options));
+    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    rows.dedup_by(|a, b| a.path == b.path);
+    items.sort_by(Scanned::cmp_item);
+    items.dedup_by(|a, b| a.cmp_item(b) == Ordering::Equal);
+    Ok(diff_stream(rows, items, options))
+}
+
+/// True when what stands at a path now and what its row records are not
+/// one and the same directory while either is a directory: what lies below
+/// it must be compared too.
+fn spans_subtree(before: Option<&Entry>, after: Option<&Entry>) -> bool {
+    let is_dir = |e: Option<&Entry>| e.is_some_and(|e| e.kind == Kind::Dir);
+    let same_dir = match (before, after) {
+        (Some(b), Some(a)) => is_dir(before) && is_dir(after) && b.dev == a.dev && b.ino == a.ino,
+        _ => false,
+    };
+    (is_dir(before) || is_dir(after)) && !same_dir
+}
+
+/// The row is one a scan with these options compares (not one the filters
+/// or link mode leave out).
+pub fn covers(row: &Entry, options: &DiffOptions) -> bool {
+    options.filters.includes(&row.path, row.kind)
+        && !(row.kind == Kind::Symlink && options.links == LinkMode::Skip)
 }
 
 /// [`diff_stream`] for tests that hold both trees whole (sorted): also
@@ -256,6 +372,12 @@ impl SizesWorthHashing {
 
     pub fn contains(&self, size: u64) -> bool {
         self.0.contains(&size)
+    }
+
+    /// The sizes of snapshot files read some other way (see
+    /// [`SizesWorthHashing::note`]).
+    pub fn from_sizes(sizes: impl IntoIterator<Item = u64>) -> Self {
+        SizesWorthHashing(sizes.into_iter().filter(|&size| size > 0).collect())
     }
 }
 
@@ -340,6 +462,8 @@ pub fn detect_renames(set: &mut ChangeSet) {
 mod tests {
     use super::*;
     use crate::model::Mtime;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
     pub(crate) fn file(path: &str, ino: u64, size: u64, hash: Option<u8>) -> Entry {
         Entry {
@@ -556,70 +680,73 @@ mod tests {
         assert_eq!(paths_of(&set, ChangeKind::Metadata), ["a"]);
     }
 
+    // Random trees for the property tests: paths from a small alphabet
+    // whose names sort differently by bytes and depth first.
+
+    #[derive(Debug, Clone, Copy)]
+    enum Node {
+        File(u64),
+        /// A directory: which one (its inode) of two.
+        Dir(u64),
+        Link,
+    }
+    fn node() -> impl Strategy<Value = Node> {
+        prop_oneof![
+            (1u64..4).prop_map(Node::File),
+            (0u64..2).prop_map(Node::Dir),
+            Just(Node::Link)
+        ]
+    }
+    fn entry(path: &str, node: Node) -> Entry {
+        match node {
+            Node::File(size) => file(path, 100 + size, size, None),
+            Node::Dir(id) => dir(path, 10 + id),
+            Node::Link => Entry {
+                kind: Kind::Symlink,
+                link_target: Some(b"t".to_vec().into_boxed_slice()),
+                ..file(path, 2, 0, None)
+            },
+        }
+    }
+    // Paths from a small alphabet, made consistent: every ancestor of a
+    // path is a directory.
+    fn tree(raw: BTreeMap<Vec<u8>, Node>) -> BTreeMap<RelPath, Entry> {
+        let mut out = BTreeMap::new();
+        for (segments, node) in raw {
+            let text: Vec<&str> = segments
+                .iter()
+                .map(|&s| ["a", "a.b", "a-", "a0", "b", "ab"][s as usize % 6])
+                .collect();
+            let path = text.join("/");
+            let relpath = p(&path);
+            let mut above = Vec::new();
+            let mut ancestor = relpath.parent();
+            while let Some(a) = ancestor.filter(|a| !a.is_root()) {
+                ancestor = a.parent();
+                above.push(a);
+            }
+            let blocked = above
+                .iter()
+                .any(|a| out.get(a).is_some_and(|e: &Entry| e.kind != Kind::Dir));
+            if blocked || out.contains_key(&relpath) {
+                continue;
+            }
+            for a in above {
+                out.entry(a.clone())
+                    .or_insert_with(|| entry(&a.to_string(), Node::Dir(0)));
+            }
+            out.insert(relpath, entry(&path, node));
+        }
+        out
+    }
+    fn side() -> impl Strategy<Value = BTreeMap<Vec<u8>, Node>> {
+        proptest::collection::btree_map(proptest::collection::vec(0u8..6, 1..4), node(), 0..24)
+    }
     /// The merge against a plain map-based comparison, on trees whose names
     /// sort differently by bytes and depth first (`a.b` < `a/b` < `a0`),
     /// with creates, deletes and type changes at every depth.
     #[test]
     fn merge_agrees_with_a_map_comparison() {
-        use proptest::prelude::*;
-        use std::collections::BTreeMap;
-
-        #[derive(Debug, Clone, Copy)]
-        enum Node {
-            File(u64),
-            Dir,
-            Link,
-        }
-        fn node() -> impl Strategy<Value = Node> {
-            prop_oneof![
-                (1u64..4).prop_map(Node::File),
-                Just(Node::Dir),
-                Just(Node::Link)
-            ]
-        }
-        fn entry(path: &str, node: Node) -> Entry {
-            match node {
-                Node::File(size) => file(path, 100 + size, size, None),
-                Node::Dir => dir(path, 1),
-                Node::Link => Entry {
-                    kind: Kind::Symlink,
-                    link_target: Some(b"t".to_vec().into_boxed_slice()),
-                    ..file(path, 2, 0, None)
-                },
-            }
-        }
-        // Paths from a small alphabet, made consistent: every ancestor of a
-        // path is a directory.
-        fn tree(raw: BTreeMap<Vec<u8>, Node>) -> BTreeMap<RelPath, Entry> {
-            let mut out = BTreeMap::new();
-            for (segments, node) in raw {
-                let text: Vec<&str> = segments
-                    .iter()
-                    .map(|&s| ["a", "a.b", "a-", "a0", "b", "ab"][s as usize % 6])
-                    .collect();
-                let path = text.join("/");
-                let relpath = p(&path);
-                let mut ancestor = relpath.parent();
-                let mut blocked = false;
-                while let Some(a) = ancestor {
-                    if a.is_root() {
-                        break;
-                    }
-                    let existing = out
-                        .entry(a.clone())
-                        .or_insert_with(|| entry(&a.to_string(), Node::Dir));
-                    blocked |= existing.kind != Kind::Dir;
-                    ancestor = a.parent();
-                }
-                if !blocked && !out.contains_key(&relpath) {
-                    out.insert(relpath, entry(&path, node));
-                }
-            }
-            out
-        }
-        let side = || {
-            proptest::collection::btree_map(proptest::collection::vec(0u8..6, 1..4), node(), 0..24)
-        };
         proptest!(|(old in side(), new in side())| {
             let (old, new) = (tree(old), tree(new));
             // Byte order of paths, as the snapshot and the walk give them.
@@ -645,6 +772,388 @@ mod tests {
                 .collect();
             prop_assert_eq!(got, expected);
             prop_assert_eq!(set.files_scanned, new.len() as u64);
+        });
+    }
+
+    /// A tree held whole, answering as the walk would: a path is there when
+    /// every directory above it is, and nothing below an unlistable
+    /// directory is known.
+    struct TreeInMemory {
+        now: BTreeMap<RelPath, Entry>,
+        unlistable: BTreeSet<RelPath>,
+    }
+
+    impl TreeInMemory {
+        fn new(entries: Vec<Entry>) -> Self {
+            TreeInMemory {
+                now: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+                unlistable: BTreeSet::new(),
+            }
+        }
+    }
+
+    impl TreeNow for TreeInMemory {
+        fn entry(&mut self, path: &RelPath) -> Found {
+            let mut above = Vec::new();
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| !d.is_root()) {
+                dir = d.parent();
+                above.push(d);
+            }
+            for dir in above.into_iter().rev() {
+                match self.now.get(&dir) {
+                    Some(e) if e.kind == Kind::Dir => {}
+                    _ => return Found::Absent,
+                }
+                if self.unlistable.contains(&dir) {
+                    let reason = "denied".to_string();
+                    return Found::Unknown { dir, reason };
+                }
+            }
+            self.now
+                .get(path)
+                .cloned()
+                .map_or(Found::Absent, Found::Entry)
+        }
+
+        fn walk(&mut self, dirs: &[RelPath]) -> Vec<Scanned> {
+            let mut items = Vec::new();
+            for dir in dirs {
+                let hidden = |path: &RelPath| {
+                    self.unlistable
+                        .iter()
+                        .any(|u| path.starts_with(u) && path != u)
+                };
+                for (path, entry) in &self.now {
+                    if path.starts_with(dir) && path != dir && !hidden(path) {
+                        items.push(Scanned::Entry(entry.clone()));
+                    }
+                }
+                for u in &self.unlistable {
+                    if u.starts_with(dir) && !hidden(u) {
+                        let reason = "denied".to_string();
+                        items.push(Scanned::Unreadable {
+                            dir: u.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            items.sort_by(Scanned::cmp_item);
+            items
+        }
+    }
+
+    struct SnapshotInMemory(BTreeMap<RelPath, Entry>);
+
+    impl SnapshotInMemory {
+        fn new(rows: Vec<Entry>) -> Self {
+            SnapshotInMemory(rows.into_iter().map(|e| (e.path.clone(), e)).collect())
+        }
+    }
+
+    impl SnapshotRows for SnapshotInMemory {
+        type Error = std::convert::Infallible;
+
+        fn row(&self, path: &RelPath) -> Result<Option<Entry>, Self::Error> {
+            Ok(self.0.get(path).cloned())
+        }
+
+        fn rows_under(&self, dir: &RelPath) -> Result<Vec<Entry>, Self::Error> {
+            Ok(self
+                .0
+                .values()
+                .filter(|e| e.path.starts_with(dir) && &e.path != dir)
+                .cloned()
+                .collect())
+        }
+    }
+
+    fn dirty(
+        snapshot: Vec<Entry>,
+        now: &mut TreeInMemory,
+        paths: &[&str],
+        trees: &[&str],
+        options: &DiffOptions,
+    ) -> ChangeSet {
+        let paths: Vec<RelPath> = paths.iter().map(|s| p(s)).collect();
+        let trees: Vec<RelPath> = trees.iter().map(|s| p(s)).collect();
+        let snapshot = SnapshotInMemory::new(snapshot);
+        let Ok(set) = diff_dirty(&paths, &trees, &snapshot, now, options);
+        set
+    }
+
+    fn changed_paths(set: &ChangeSet) -> Vec<(String, ChangeKind)> {
+        set.changes
+            .iter()
+            .map(|c| (c.path.to_string(), c.kind(Preserve::default())))
+            .collect()
+    }
+
+    #[test]
+    fn dirty_path_that_did_not_change_gives_no_change() {
+        let rows = vec![dir("d", 10), file("d/x", 1, 3, Some(1))];
+        let mut now = TreeInMemory::new(rows.clone());
+        let set = dirty(rows, &mut now, &["d/x", "d"], &[], &DiffOptions::default());
+        assert!(set.changes.is_empty(), "{:?}", set.changes);
+        assert_eq!(set.files_scanned, 2);
+    }
+
+    #[test]
+    fn only_dirty_paths_are_compared() {
+        // `b` changed too, but nobody said so: it is taken as recorded.
+        let rows = vec![file("a", 1, 3, Some(1)), file("b", 2, 3, Some(2))];
+        let mut now = TreeInMemory::new(vec![file("a", 1, 4, None), file("c", 3, 1, None)]);
+        let set = dirty(rows, &mut now, &["a", "c"], &[], &DiffOptions::default());
+        assert_eq!(
+            changed_paths(&set),
+            [
+                ("a".into(), ChangeKind::Modified),
+                ("c".into(), ChangeKind::Created)
+            ]
+        );
+        assert_eq!(set.files_scanned, 2);
+    }
+
+    #[test]
+    fn deleted_directory_deletes_every_row_below_it() {
+        let rows = sorted(vec![
+            dir("d", 10),
+            file("d.txt", 1, 1, None),
+            file("d/x", 2, 1, None),
+            dir("d/y", 11),
+            file("d/y/z", 3, 1, None),
+            file("d0", 4, 1, None),
+        ]);
+        let mut now = TreeInMemory::new(vec![file("d.txt", 1, 1, None), file("d0", 4, 1, None)]);
+        let set = dirty(rows, &mut now, &["d"], &[], &DiffOptions::default());
+        assert_eq!(
+            paths_of(&set, ChangeKind::Deleted),
+            ["d", "d/x", "d/y", "d/y/z"]
+        );
+        assert_eq!(set.changes.len(), 4);
+        assert_eq!(set.files_scanned, 0);
+    }
+
+    #[test]
+    fn file_replaced_by_a_directory_is_walked() {
+        let rows = vec![file("f", 1, 3, Some(1))];
+        let mut now = TreeInMemory::new(vec![
+            dir("f", 10),
+            file("f/a", 2, 1, None),
+            dir("f/b", 11),
+            file("f/b/c", 3, 1, None),
+        ]);
+        let set = dirty(
+            rows,
+            &mut now,
+            &["f", "f/b/c"],
+            &[],
+            &DiffOptions::default(),
+        );
+        assert_eq!(
+            changed_paths(&set),
+            [
+                ("f".into(), ChangeKind::TypeChanged),
+                ("f/a".into(), ChangeKind::Created),
+                ("f/b".into(), ChangeKind::Created),
+                ("f/b/c".into(), ChangeKind::Created),
+            ]
+        );
+        assert_eq!(set.files_scanned, 4);
+    }
+
+    #[test]
+    fn directory_replaced_by_a_file_deletes_what_was_below() {
+        let rows = vec![dir("f", 10), file("f/a", 2, 1, None)];
+        let mut now = TreeInMemory::new(vec![file("f", 1, 3, None)]);
+        let set = dirty(rows, &mut now, &["f"], &[], &DiffOptions::default());
+        assert_eq!(
+            changed_paths(&set),
+            [
+                ("f".into(), ChangeKind::TypeChanged),
+                ("f/a".into(), ChangeKind::Deleted),
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_below_a_tree_are_taken_with_it_once() {
+        let mut now = TreeInMemory::new(vec![
+            dir("t", 10),
+            file("t/a", 1, 1, None),
+            dir("t/u", 11),
+            file("t/u/b", 2, 1, None),
+        ]);
+        let set = dirty(
+            vec![],
+            &mut now,
+            &["t/u/b", "t", "t/a", "t/a"],
+            &["t/u", "t"],
+            &DiffOptions::default(),
+        );
+        assert_eq!(
+            paths_of(&set, ChangeKind::Created),
+            ["t", "t/a", "t/u", "t/u/b"]
+        );
+        assert_eq!(set.files_scanned, 4);
+    }
+
+    #[test]
+    fn path_whose_directory_is_gone_is_deleted_with_it() {
+        let rows = vec![dir("a", 10), file("a/b", 1, 1, None), file("c", 2, 1, None)];
+        let mut now = TreeInMemory::new(vec![file("c", 2, 1, None)]);
+        // Only the file was reported; its directory is looked at too.
+        let set = dirty(
+            rows,
+            &mut now,
+            &["a/b", "x/y"],
+            &[],
+            &DiffOptions::default(),
+        );
+        assert_eq!(paths_of(&set, ChangeKind::Deleted), ["a", "a/b"]);
+        assert_eq!(set.changes.len(), 2);
+    }
+
+    #[test]
+    fn directory_of_a_dirty_path_is_compared_too() {
+        let rows = vec![dir("d", 10), file("d/old", 1, 1, None)];
+        let mut now = TreeInMemory::new(vec![dir("d", 10), file("d/new", 2, 1, None)]);
+        now.now.get_mut(&p("d")).unwrap().mtime.sec = 200;
+        let set = dirty(
+            rows,
+            &mut now,
+            &["d/old", "d/new"],
+            &[],
+            &DiffOptions::default(),
+        );
+        assert_eq!(
+            changed_paths(&set),
+            [
+                ("d".into(), ChangeKind::Metadata),
+                ("d/new".into(), ChangeKind::Created),
+                ("d/old".into(), ChangeKind::Deleted),
+            ]
+        );
+        assert_eq!(set.files_scanned, 2);
+    }
+
+    #[test]
+    fn below_an_unlistable_directory_nothing_changes() {
+        let rows = vec![dir("d", 10), file("d/x", 1, 1, None), dir("d/e", 11)];
+        let mut now = TreeInMemory::new(vec![dir("d", 10)]);
+        now.unlistable.insert(p("d"));
+        let set = dirty(
+            rows,
+            &mut now,
+            &["d/x", "d/e/f"],
+            &[],
+            &DiffOptions::default(),
+        );
+        assert!(set.changes.is_empty(), "{:?}", set.changes);
+        assert_eq!(set.unreadable, vec![(p("d"), "denied".to_string())]);
+    }
+
+    #[test]
+    fn uncovered_rows_are_neither_deleted_nor_forgotten() {
+        let filters = Filters::new(&[crate::filter::RuleSpec {
+            kind: crate::filter::RuleKind::Exclude,
+            pattern: "*.log".into(),
+        }])
+        .unwrap();
+        let options = DiffOptions {
+            filters,
+            ..DiffOptions::default()
+        };
+        let rows = vec![file("a.log", 1, 1, None)];
+        let mut now = TreeInMemory::new(vec![]);
+        let set = dirty(rows, &mut now, &["a.log"], &[], &options);
+        assert!(set.changes.is_empty() && set.forgotten.is_empty());
+    }
+
+    #[test]
+    fn renamed_directory_among_dirty_paths_is_one_rename() {
+        let rows = sorted(vec![
+            dir("d", 10),
+            file("d/x", 11, 5, Some(1)),
+            file("d/y", 12, 5, Some(2)),
+        ]);
+        let now = vec![
+            dir("e", 10),
+            file("e/x", 11, 5, None),
+            file("e/y", 12, 5, None),
+        ];
+        for (paths, trees) in [(&["d", "e"][..], &[][..]), (&["d"][..], &["e"][..])] {
+            let mut tree = TreeInMemory::new(now.clone());
+            let mut set = dirty(
+                rows.clone(),
+                &mut tree,
+                paths,
+                trees,
+                &DiffOptions::default(),
+            );
+            detect_renames(&mut set);
+            assert_eq!(set.renames.len(), 1, "{:?}", set.renames);
+            assert_eq!(
+                (
+                    set.renames[0].from.to_string(),
+                    set.renames[0].to.to_string()
+                ),
+                ("d".into(), "e".into())
+            );
+            assert_eq!(set.changes.len(), 6);
+        }
+    }
+
+    /// When every changed path is reported (a path below a directory that
+    /// was replaced or removed may go unreported, and a directory that
+    /// appeared may come as a tree), the dirty scan finds exactly what the
+    /// full merge finds, whatever unchanged paths come along.
+    #[test]
+    fn dirty_scan_agrees_with_the_full_merge() {
+        let coins = || proptest::collection::vec(any::<bool>(), 64);
+        let noise = || proptest::collection::vec(proptest::collection::vec(0u8..6, 1..4), 0..4);
+        proptest!(|(old in side(), new in side(), coins in coins(), noise in noise())| {
+            let (old, new) = (tree(old), tree(new));
+            let options = DiffOptions::default();
+            let full = diff_stream(
+                old.values().cloned().collect::<Vec<_>>(),
+                new.values().cloned().map(Scanned::Entry).collect::<Vec<_>>(),
+                &options,
+            );
+            let whole: Vec<&Change> = full
+                .changes
+                .iter()
+                .filter(|c| spans_subtree(c.before.as_ref(), c.after.as_ref()))
+                .collect();
+            let mut coin = coins.into_iter().cycle();
+            let (mut paths, mut trees) = (Vec::new(), Vec::new());
+            for change in &full.changes {
+                let below_whole = whole
+                    .iter()
+                    .any(|w| change.path.starts_with(&w.path) && change.path != w.path);
+                let appeared = whole.iter().any(|w| {
+                    w.path == change.path && w.after.as_ref().is_some_and(|a| a.kind == Kind::Dir)
+                });
+                if appeared && coin.next().unwrap() {
+                    trees.push(change.path.clone());
+                } else if !(below_whole && coin.next().unwrap()) {
+                    paths.push(change.path.clone());
+                }
+            }
+            let names = ["a", "a.b", "a-", "a0", "b", "ab"];
+            for segments in noise {
+                let text: Vec<&str> = segments.iter().map(|&s| names[s as usize]).collect();
+                paths.push(p(&text.join("/")));
+            }
+            let snapshot = SnapshotInMemory(old.clone());
+            let mut now = TreeInMemory {
+                now: new.clone(),
+                unlistable: BTreeSet::new(),
+            };
+            let Ok(set) = diff_dirty(&paths, &trees, &snapshot, &mut now, &options);
+            prop_assert_eq!(&set.changes, &full.changes);
+            prop_assert!(set.files_scanned <= full.files_scanned);
         });
     }
 }

@@ -138,6 +138,15 @@ pub enum Body {
         result: Result<Applied, OpFailure>,
     },
     FilesDone,
+
+    // Added after protocol 2 was fixed: at the end, so that every other
+    // message keeps its encoding (a far end without it refuses the message).
+    /// Scans only these paths (answered with [`Body::Scanned`]).
+    ScanDirty {
+        paths: Vec<RelPath>,
+        trees: Vec<RelPath>,
+        options: DiffOptions,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +306,11 @@ mod tests {
             compressed: false,
         });
         round_trip(Body::Failed("no".into()));
+        round_trip(Body::ScanDirty {
+            paths: vec![RelPath::new(b"a/b").unwrap()],
+            trees: vec![RelPath::new(b"c").unwrap()],
+            options: DiffOptions::default(),
+        });
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! listing no thread has started, it lists the directory itself. Memory is
 //! so bounded by the lookahead and the depth of the tree (plus the largest
 //! single directory), not by the size of the tree.
+//!
+//! [`DiskTree`] answers what the walk would hand out at a few given paths
+//! (and below a few given directories) without walking anything else: the
+//! disk side of a scan of the dirty paths only.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -77,6 +81,19 @@ impl Scanned {
             }
         }
     }
+
+    /// Where this item stands against `other` in the walk's order.
+    pub fn cmp_item(&self, other: &Scanned) -> Ordering {
+        let ((a, a_below), (b, b_below)) = (self.key(), other.key());
+        cmp_keys(a, a_below, b, b_below)
+    }
+
+    fn key(&self) -> (&[u8], bool) {
+        match self {
+            Scanned::Entry(entry) => (entry.path.as_bytes(), false),
+            Scanned::Unreadable { dir, .. } => (dir.as_bytes(), true),
+        }
+    }
 }
 
 /// Byte order of two walk keys: a path, or with `below` the place where
@@ -131,26 +148,65 @@ fn scan_with_lookahead<R>(
     let started = std::time::SystemTime::now();
     let meta = fs::metadata(root)?;
     fs::read_dir(root)?;
+    let start = Start {
+        dir: RelPath::root(),
+        ancestors: vec![(meta.dev(), meta.ino())],
+    };
+    Ok(walk_below(
+        root,
+        vec![start],
+        options,
+        racy_cutoff(started),
+        lookahead,
+        consume,
+    ))
+}
+
+/// A directory a walk starts from, with the device and inode of it and of
+/// every directory above it up to the root.
+struct Start {
+    dir: RelPath,
+    ancestors: Vec<(u64, u64)>,
+}
+
+/// Walks below each of `starts` (disjoint directories: none below another)
+/// at once, handing `consume` what lies below them (not the directories
+/// themselves) in byte order of path.
+fn walk_below<R>(
+    root: &Path,
+    mut starts: Vec<Start>,
+    options: &ScanOptions,
+    racy_cutoff: Mtime,
+    lookahead: usize,
+    consume: impl FnOnce(&mut Walk) -> R,
+) -> (R, ScanReport) {
+    starts.sort_by(|a, b| cmp_keys(a.dir.as_bytes(), true, b.dir.as_bytes(), true));
     let lister = Lister {
         options,
-        racy_cutoff: racy_cutoff(started),
+        racy_cutoff,
         lookahead,
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(starts.len() as u64),
         queue: Mutex::new(Queue::default()),
         more_work: Condvar::new(),
         listed: Condvar::new(),
         warnings: Mutex::new(Vec::new()),
         temps: Mutex::new(Vec::new()),
     };
-    let root_job = Job {
-        id: 0,
-        abs: root.to_path_buf(),
-        rel: RelPath::root(),
-        ancestors: vec![(meta.dev(), meta.ino())],
-    };
+    let mut contents = Vec::with_capacity(starts.len());
+    for (id, start) in (0u64..).zip(starts) {
+        contents.push(Event::Contents {
+            path: start.dir.clone(),
+            id,
+        });
+        lister.queue().pending.push(Job {
+            id,
+            abs: start.dir.under(root),
+            rel: start.dir,
+            ancestors: start.ancestors,
+        });
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let result = std::thread::scope(|scope| {
-        lister.queue().pending.push(root_job);
         for _ in 0..threads {
             std::thread::Builder::new()
                 .name("snapsync-scan".into())
@@ -160,13 +216,9 @@ fn scan_with_lookahead<R>(
         // The listing threads stop when the consumer is done, even early
         // (or panicking).
         let _stop = StopOnDrop(&lister);
-        let root_contents = Event::Contents {
-            path: RelPath::root(),
-            id: 0,
-        };
         let mut walk = Walk {
             lister: &lister,
-            open: vec![vec![root_contents].into_iter()],
+            open: vec![contents.into_iter()],
         };
         consume(&mut walk)
     });
@@ -176,7 +228,7 @@ fn scan_with_lookahead<R>(
         warnings,
         temps: lister.temps.into_inner().unwrap_or_default(),
     };
-    Ok((result, report))
+    (result, report)
 }
 
 /// The entries of a walk, in byte order of path.
@@ -469,10 +521,9 @@ impl Lister<'_> {
     }
 
     fn stat_entry(&self, item: &fs::DirEntry, abs: &Path, path: RelPath) -> Option<Entry> {
-        let options = self.options;
         // Stat relative to the open directory (no walk of the whole path),
         // not following a link.
-        let mut meta = match item.metadata() {
+        let meta = match item.metadata() {
             Ok(meta) => meta,
             // Vanished between the listing and the stat: not there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -481,67 +532,277 @@ impl Lister<'_> {
                 return None;
             }
         };
-        if meta.file_type().is_symlink() {
-            match options.links {
-                LinkMode::Skip => return None,
-                LinkMode::Keep => {}
-                LinkMode::Follow => match fs::metadata(abs) {
-                    Ok(target) => meta = target,
-                    Err(e) => {
-                        self.warn(format!("skipping {path}: link cannot be followed ({e})"));
-                        return None;
-                    }
-                },
-            }
-        }
-        let file_type = meta.file_type();
-        let kind = if file_type.is_file() {
-            Kind::File
-        } else if file_type.is_dir() {
-            Kind::Dir
-        } else if file_type.is_symlink() {
-            Kind::Symlink
-        } else {
-            let what = if file_type.is_fifo() {
-                "a FIFO"
-            } else if file_type.is_socket() {
-                "a socket"
-            } else {
-                "a device"
-            };
-            self.warn(format!("skipping {path}: {what} cannot be synced"));
-            return None;
-        };
-        let link_target = if kind == Kind::Symlink {
-            match fs::read_link(abs) {
-                Ok(target) => Some(target.as_os_str().as_bytes().to_vec()),
+        entry_from_stat(path, abs, meta, self.options, self.racy_cutoff, &mut |w| {
+            self.warn(w)
+        })
+    }
+}
+
+/// The entry a walk hands out for `path` (at `abs`), given its own
+/// metadata (not following a link): links followed or kept as the options
+/// say, special files skipped, racy files flagged, files hashed with
+/// `--checksum`. `None` (after a warning) when it cannot be synced.
+fn entry_from_stat(
+    path: RelPath,
+    abs: &Path,
+    mut meta: fs::Metadata,
+    options: &ScanOptions,
+    racy_cutoff: Mtime,
+    warn: &mut dyn FnMut(String),
+) -> Option<Entry> {
+    if meta.file_type().is_symlink() {
+        match options.links {
+            LinkMode::Skip => return None,
+            LinkMode::Keep => {}
+            LinkMode::Follow => match fs::metadata(abs) {
+                Ok(target) => meta = target,
                 Err(e) => {
-                    self.warn(format!("skipping {path}: {e}"));
+                    warn(format!("skipping {path}: link cannot be followed ({e})"));
                     return None;
                 }
-            }
+            },
+        }
+    }
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        Kind::File
+    } else if file_type.is_dir() {
+        Kind::Dir
+    } else if file_type.is_symlink() {
+        Kind::Symlink
+    } else {
+        let what = if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_socket() {
+            "a socket"
         } else {
-            None
+            "a device"
         };
-        let xattr_hash = if options.preserve.xattrs {
-            match xattrs_hash(abs, kind) {
-                Ok(hash) => Some(hash),
-                Err(e) => {
-                    self.warn(format!("cannot read extended attributes of {path}: {e}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let mut entry = entry_from_metadata(path, kind, &meta, link_target, xattr_hash);
-        if kind == Kind::File {
-            entry.racy = entry.mtime >= self.racy_cutoff;
-            if options.hash_files {
-                entry.hash = hash_file(abs).ok();
+        warn(format!("skipping {path}: {what} cannot be synced"));
+        return None;
+    };
+    let link_target = if kind == Kind::Symlink {
+        match fs::read_link(abs) {
+            Ok(target) => Some(target.as_os_str().as_bytes().to_vec()),
+            Err(e) => {
+                warn(format!("skipping {path}: {e}"));
+                return None;
             }
         }
-        Some(entry)
+    } else {
+        None
+    };
+    let xattr_hash = if options.preserve.xattrs {
+        match xattrs_hash(abs, kind) {
+            Ok(hash) => Some(hash),
+            Err(e) => {
+                warn(format!("cannot read extended attributes of {path}: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut entry = entry_from_metadata(path, kind, &meta, link_target, xattr_hash);
+    if kind == Kind::File {
+        entry.racy = entry.mtime >= racy_cutoff;
+        if options.hash_files {
+            entry.hash = hash_file(abs).ok();
+        }
+    }
+    Some(entry)
+}
+
+/// What the walk would hand out at one path, asked about by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Entry(Entry),
+    /// The walk would not hand out anything there: nothing is there, or a
+    /// directory above it is missing, is not a directory the walk enters
+    /// (a kept link, say) or is excluded.
+    Absent,
+    /// A directory above it cannot be listed: what lies there is unknown.
+    Unknown {
+        dir: RelPath,
+        reason: String,
+    },
+}
+
+/// A tree asked about path by path, as a scan of only the dirty paths does
+/// (see [`crate::changes::diff_dirty`]): it answers exactly what a full
+/// walk would hand out at those paths, without walking anything else.
+pub trait TreeNow {
+    /// What the walk would hand out at `path` (never the root itself).
+    fn entry(&mut self, path: &RelPath) -> Found;
+    /// What the walk would hand out below each of `dirs` (disjoint
+    /// directories, each handed out by [`TreeNow::entry`]), in byte order
+    /// of path.
+    fn walk(&mut self, dirs: &[RelPath]) -> Vec<Scanned>;
+}
+
+/// Whether the walk reaches into a directory, and if so the device and
+/// inode of it and of every directory above it.
+#[derive(Debug, Clone)]
+enum Reach {
+    Listed(Vec<(u64, u64)>),
+    Absent,
+    Unknown { dir: RelPath, reason: String },
+}
+
+/// [`TreeNow`] on disk: stats each path asked about, checking each
+/// directory above it (once per `DiskTree`) as the walk would have reached
+/// it: a directory, included, not a link leading back up, listable. Make
+/// a fresh one for each scan: it remembers what it found.
+pub struct DiskTree<'a> {
+    root: &'a Path,
+    options: &'a ScanOptions,
+    racy_cutoff: Mtime,
+    reach: HashMap<RelPath, Reach>,
+    report: ScanReport,
+}
+
+impl<'a> DiskTree<'a> {
+    /// `root` must be a readable directory, as for [`scan_root`].
+    pub fn new(root: &'a Path, options: &'a ScanOptions) -> std::io::Result<Self> {
+        let racy_cutoff = racy_cutoff(std::time::SystemTime::now());
+        let meta = fs::metadata(root)?;
+        fs::read_dir(root)?;
+        let mut tree = DiskTree::missing(root, options);
+        tree.racy_cutoff = racy_cutoff;
+        tree.reach.insert(
+            RelPath::root(),
+            Reach::Listed(vec![(meta.dev(), meta.ino())]),
+        );
+        Ok(tree)
+    }
+
+    /// A root that does not exist (a target in a dry run): nothing is there.
+    pub fn missing(root: &'a Path, options: &'a ScanOptions) -> Self {
+        DiskTree {
+            root,
+            options,
+            racy_cutoff: Mtime::default(),
+            reach: HashMap::from([(RelPath::root(), Reach::Absent)]),
+            report: ScanReport::default(),
+        }
+    }
+
+    /// What the walks and stats found besides their entries.
+    pub fn finish(mut self) -> ScanReport {
+        self.report.warnings.sort();
+        self.report.warnings.dedup();
+        self.report
+    }
+
+    /// How the walk reaches `dir` (cached).
+    fn reach(&mut self, dir: &RelPath) -> Reach {
+        if let Some(known) = self.reach.get(dir) {
+            return known.clone();
+        }
+        let parent = dir.parent().expect("the root is always known");
+        let reach = match self.entry(dir) {
+            Found::Entry(entry) if entry.kind == Kind::Dir => {
+                match fs::read_dir(dir.under(self.root)) {
+                    Ok(_) => {
+                        let Reach::Listed(mut ancestors) = self.reach(&parent) else {
+                            unreachable!("an entry was found in it")
+                        };
+                        ancestors.push((entry.dev, entry.ino));
+                        Reach::Listed(ancestors)
+                    }
+                    Err(e) => Reach::Unknown {
+                        dir: dir.clone(),
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            Found::Entry(_) | Found::Absent => Reach::Absent,
+            Found::Unknown { dir, reason } => Reach::Unknown { dir, reason },
+        };
+        self.reach.insert(dir.clone(), reach.clone());
+        reach
+    }
+}
+
+impl TreeNow for DiskTree<'_> {
+    fn entry(&mut self, path: &RelPath) -> Found {
+        let Some(parent) = path.parent() else {
+            return Found::Absent;
+        };
+        let ancestors = match self.reach(&parent) {
+            Reach::Listed(ancestors) => ancestors,
+            Reach::Absent => return Found::Absent,
+            Reach::Unknown { dir, reason } => return Found::Unknown { dir, reason },
+        };
+        let abs = path.under(self.root);
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Found::Absent
+            }
+            Err(e) => {
+                self.report.warnings.push(format!("skipping {path}: {e}"));
+                return Found::Absent;
+            }
+        };
+        let warnings = &mut self.report.warnings;
+        let entry = entry_from_stat(
+            path.clone(),
+            &abs,
+            meta,
+            self.options,
+            self.racy_cutoff,
+            &mut |w| warnings.push(w),
+        );
+        let Some(entry) = entry else {
+            return Found::Absent;
+        };
+        if !self.options.filters.includes_entry(&entry.path, entry.kind) {
+            return Found::Absent;
+        }
+        if entry.kind == Kind::Dir && ancestors.contains(&(entry.dev, entry.ino)) {
+            self.report.warnings.push(format!(
+                "skipping {path}: a followed link leads back to a directory above it"
+            ));
+            return Found::Absent;
+        }
+        Found::Entry(entry)
+    }
+
+    fn walk(&mut self, dirs: &[RelPath]) -> Vec<Scanned> {
+        let mut starts = Vec::new();
+        let mut items = Vec::new();
+        for dir in dirs {
+            match self.reach(dir) {
+                Reach::Listed(ancestors) => starts.push(Start {
+                    dir: dir.clone(),
+                    ancestors,
+                }),
+                Reach::Absent => {}
+                Reach::Unknown { dir, reason } => items.push(Scanned::Unreadable { dir, reason }),
+            }
+        }
+        if starts.is_empty() {
+            return items;
+        }
+        let (walked, report) = walk_below(
+            self.root,
+            starts,
+            self.options,
+            self.racy_cutoff,
+            LOOKAHEAD,
+            |walk| walk.collect::<Vec<_>>(),
+        );
+        self.report.warnings.extend(report.warnings);
+        self.report.temps.extend(report.temps);
+        items.extend(walked);
+        items.sort_by(Scanned::cmp_item);
+        items
     }
 }
 
@@ -760,5 +1021,102 @@ mod tests {
         };
         assert!(entry.racy);
         assert_eq!(entry.hash, Some(*blake3::hash(b"x").as_bytes()));
+    }
+
+    fn without_racy(items: Vec<Scanned>) -> Vec<Scanned> {
+        items
+            .into_iter()
+            .map(|item| match item {
+                Scanned::Entry(entry) => Scanned::Entry(Entry {
+                    racy: false,
+                    ..entry
+                }),
+                marker => marker,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn disk_tree_answers_what_the_walk_hands_out() {
+        let dir = tricky_tree();
+        fs::write(dir.path().join("a/.snapsync-tmp-1-2"), b"t").unwrap();
+        for links in [LinkMode::Keep, LinkMode::Follow, LinkMode::Skip] {
+            let options = ScanOptions {
+                links,
+                ..ScanOptions::default()
+            };
+            let (walked, _) =
+                scan_root(dir.path(), &options, |walk| walk.collect::<Vec<_>>()).unwrap();
+            let walked = without_racy(walked);
+            let mut tree = DiskTree::new(dir.path(), &options).unwrap();
+            for item in &walked {
+                let Scanned::Entry(entry) = item else {
+                    panic!("nothing is unreadable here")
+                };
+                let Found::Entry(found) = tree.entry(&entry.path) else {
+                    panic!("{} not found with {links:?}", entry.path)
+                };
+                assert_eq!(
+                    Entry {
+                        racy: false,
+                        ..found
+                    },
+                    *entry
+                );
+            }
+            // Not handed out: missing, below a file or a kept link, a
+            // temporary file.
+            for absent in ["zz", "b/c", "a.link/b.c", "a/.snapsync-tmp-1-2"] {
+                let found = tree.entry(&RelPath::new(absent.as_bytes()).unwrap());
+                let expected = if links == LinkMode::Follow && absent == "a.link/b.c" {
+                    "found"
+                } else {
+                    "absent"
+                };
+                let got = if found == Found::Absent {
+                    "absent"
+                } else {
+                    "found"
+                };
+                assert_eq!(got, expected, "{absent} with {links:?}");
+            }
+            // Walking below two directories hands out what the whole walk
+            // has below them, in the walk's order.
+            let dirs = [RelPath::new(b"a").unwrap(), RelPath::new(b"a-").unwrap()];
+            let below: Vec<Scanned> = walked
+                .iter()
+                .filter(|item| {
+                    let Scanned::Entry(e) = item else {
+                        return false;
+                    };
+                    dirs.iter().any(|d| e.path.starts_with(d) && &e.path != d)
+                })
+                .cloned()
+                .collect();
+            assert_eq!(without_racy(tree.walk(&dirs)), below, "{links:?}");
+        }
+    }
+
+    #[test]
+    fn disk_tree_reports_what_it_cannot_list() {
+        let dir = tricky_tree();
+        let options = ScanOptions::default();
+        let mut tree = DiskTree::new(dir.path(), &options).unwrap();
+        // As if `a/b` could not be listed (running as root, permissions
+        // would not stop us).
+        tree.reach.insert(
+            RelPath::new(b"a/b").unwrap(),
+            Reach::Unknown {
+                dir: RelPath::new(b"a/b").unwrap(),
+                reason: "denied".into(),
+            },
+        );
+        let below = tree.entry(&RelPath::new(b"a/b/c/d").unwrap());
+        assert!(matches!(below, Found::Unknown { dir, .. } if dir.to_string() == "a/b"));
+        let walked = tree.walk(&[RelPath::new(b"a/b").unwrap()]);
+        assert!(
+            matches!(&walked[..], [Scanned::Unreadable { .. }]),
+            "{walked:?}"
+        );
     }
 }

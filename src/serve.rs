@@ -113,6 +113,15 @@ fn serve_session(
         let failed = |e: crate::endpoint::EndpointError| Body::Failed(e.to_string());
         let reply = match envelope.body {
             Body::Scan(options) => Some(endpoint.scan(&options).map_or_else(failed, Body::Scanned)),
+            Body::ScanDirty {
+                paths,
+                trees,
+                options,
+            } => Some(
+                endpoint
+                    .scan_dirty(&paths, &trees, &options)
+                    .map_or_else(failed, Body::Scanned),
+            ),
             Body::Lookup(paths) => Some(
                 endpoint
                     .lookup(&paths)

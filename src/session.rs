@@ -441,32 +441,32 @@ fn reconnect(
     }
 }
 
-/// One cycle's scope from the reports that arrived together.
+/// One cycle's scope from the reports that arrived together. Each side
+/// also looks at what the other side reported: a change there may meet one
+/// here that this side's watch has not reported yet (it is still waiting
+/// out its cooloff), and must be seen, not overwritten.
 fn merge_reports(reports: Vec<(Side, WatchReport)>, fallback: &mut dyn FnMut(&str)) -> Scope {
-    let (mut local, mut remote) = (Dirty::default(), Dirty::default());
+    let mut dirty = Dirty::default();
     let mut full = false;
-    for (side, report) in reports {
+    for (_, report) in reports {
         if let Some(reason) = &report.rescan {
             fallback(reason);
             full = true;
         }
-        let dirty = match side {
-            Side::Local => &mut local,
-            Side::Remote => &mut remote,
-        };
         dirty.paths.extend(report.paths);
         dirty.trees.extend(report.trees);
     }
     if full {
         return Scope::Full;
     }
-    for dirty in [&mut local, &mut remote] {
-        dirty.paths.sort();
-        dirty.paths.dedup();
-        dirty.trees.sort();
-        dirty.trees.dedup();
+    dirty.paths.sort();
+    dirty.paths.dedup();
+    dirty.trees.sort();
+    dirty.trees.dedup();
+    Scope::Dirty {
+        local: dirty.clone(),
+        remote: dirty,
     }
-    Scope::Dirty { local, remote }
 }
 
 /// One pass of a push or pull whose session is open: scan (all, or only

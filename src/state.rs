@@ -496,9 +496,7 @@ impl SessionDb {
         if let Some(examined) = examined {
             // A partial run says nothing of the conflicts it did not look at.
             let known: Vec<Vec<u8>> = {
-                let mut stmt = tx
-                    .prepare("SELECT path FROM conflicts")
-                    .map_err(&corrupt)?;
+                let mut stmt = tx.prepare("SELECT path FROM conflicts").map_err(&corrupt)?;
                 let rows = stmt
                     .query_map([], |row| row.get::<_, Vec<u8>>(0))
                     .map_err(&corrupt)?;
@@ -632,6 +630,56 @@ impl SessionDb {
                 })
             }
         }
+    }
+
+    /// Every row strictly below `dir`, in byte order of path: the range
+    /// `dir/` … `dir0` (for the root, every row).
+    pub fn entries_under(&self, dir: &RelPath) -> Result<Vec<Entry>, StateError> {
+        if dir.is_root() {
+            return self.load_entries();
+        }
+        let (lo, hi) = subtree_bounds(dir);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE path > ?1 AND path < ?2 ORDER BY path"
+            ))
+            .map_err(self.corrupt())?;
+        let mut rows = stmt.query(params![lo, hi]).map_err(self.corrupt())?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next().map_err(self.corrupt())? {
+            let entry = row_to_entry(row).map_err(self.corrupt())?;
+            entries.push(entry.map_err(|what| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("snapshot row has {what}"),
+            })?);
+        }
+        Ok(entries)
+    }
+
+    /// True when the snapshot has any row.
+    pub fn has_entries(&self) -> Result<bool, StateError> {
+        self.conn
+            .query_row("SELECT EXISTS(SELECT 1 FROM entries)", [], |row| row.get(0))
+            .map_err(self.corrupt())
+    }
+
+    /// The sizes of the non-empty files whose content is known (once each):
+    /// what [`crate::changes::SizesWorthHashing`] notes during a full scan.
+    pub fn file_sizes_with_hashes(&self) -> Result<Vec<u64>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT size FROM entries WHERE kind = ?1 AND hash IS NOT NULL AND size > 0",
+            )
+            .map_err(self.corrupt())?;
+        let sizes = stmt
+            .query_map([Kind::File.code()], |row| row.get::<_, i64>(0))
+            .map_err(self.corrupt())?
+            .map(|size| size.map(|s| s as u64))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(self.corrupt())?;
+        Ok(sizes)
     }
 
     /// The file rows whose content hash is one of `wanted`. Reads every
@@ -1058,6 +1106,31 @@ mod tests {
         db.apply_updates(&[SnapshotUpdate::Remove(RelPath::new(b"b").unwrap())])
             .unwrap();
         assert_eq!(db.entry_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn rows_under_a_directory_are_its_subtree_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = SessionDb::open(dir.path(), "s", false).unwrap();
+        assert!(!db.has_entries().unwrap());
+        let ups: Vec<SnapshotUpdate> = ["a", "a!", "a.b", "a/x", "a/y/z", "a0", "ab", "b"]
+            .into_iter()
+            .map(|p| SnapshotUpdate::Upsert(entry(p)))
+            .collect();
+        db.apply_updates(&ups).unwrap();
+        assert!(db.has_entries().unwrap());
+        let under = |p: &str| -> Vec<String> {
+            db.entries_under(&RelPath::new(p.as_bytes()).unwrap())
+                .unwrap()
+                .iter()
+                .map(|e| e.path.to_string())
+                .collect()
+        };
+        assert_eq!(under("a"), ["a/x", "a/y/z"]);
+        assert_eq!(under("a/y"), ["a/y/z"]);
+        assert!(under("b").is_empty());
+        assert_eq!(under("").len(), 8);
+        assert_eq!(db.file_sizes_with_hashes().unwrap(), [3]);
     }
 
     #[test]

@@ -325,9 +325,11 @@ fn fan_out_to_four_targets_while_the_source_changes() {
 fn two_sources_into_one_target_report_what_they_overwrite() {
     let (_tmp, d) = roots(&["s1", "s2", "t"]);
     let (s1, s2, t) = (&d[0], &d[1], &d[2]);
+    // Different sizes: on a first run only size and mtime tell files
+    // apart, and two writes can share an mtime tick.
     write(s1, "shared", b"from s1");
     write(s1, "only-s1", b"1");
-    write(s2, "shared", b"from s2");
+    write(s2, "shared", b"from the second source");
     write(s2, "only-s2", b"2");
     let out = sync("push", s1, &s(t), &["-N", "one"]);
     assert_code(&out, 0);
@@ -344,7 +346,7 @@ fn two_sources_into_one_target_report_what_they_overwrite() {
         err.contains("only-s1 on the target changed") && err.contains("deleted"),
         "{err}"
     );
-    assert_eq!(read(t, "shared"), b"from s2");
+    assert_eq!(read(t, "shared"), b"from the second source");
     // Back to the first: its snapshot is its own, and it reports the same.
     let out = sync("push", s1, &s(t), &["-N", "one"]);
     assert_code(&out, 0);

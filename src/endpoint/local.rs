@@ -17,14 +17,17 @@ use super::{
     Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
 };
 use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
-use crate::changes::{detect_renames, diff_stream, ChangeSet, DiffOptions, SizesWorthHashing};
+use crate::changes::{
+    covers, detect_renames, diff_dirty, diff_stream, ChangeSet, DiffOptions, SizesWorthHashing,
+    SnapshotRows,
+};
 use crate::delta::{delta, signature, DeltaOp, Signature, LITERAL_CHUNK};
 use crate::filter::STATE_DIR_NAME;
 use crate::lineage::Edge;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
-use crate::scan::{hash_file, read_xattrs, scan_root, LinkMode, ScanOptions, ScanReport};
-use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate};
+use crate::scan::{hash_file, read_xattrs, scan_root, DiskTree, LinkMode, ScanOptions, ScanReport};
+use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate, StateError};
 use crate::watch::Watch;
 
 pub struct LocalEndpoint {
@@ -60,18 +63,22 @@ struct OpenSession {
     /// What the scan compared with, once it has: which snapshot rows it
     /// covered, and whether there were any.
     scanned: Option<ScannedWith>,
+    /// The sizes of the snapshot's files with known content (perhaps a few
+    /// more), kept from the full scan and the commits since, so that a scan
+    /// of dirty paths hashes what a full scan would without reading every row.
+    sizes: Option<SizesWorthHashing>,
 }
 
 struct ScannedWith {
     options: DiffOptions,
-    snapshot_rows: u64,
+    has_rows: bool,
 }
 
 impl OpenSession {
     /// The snapshot the scan compared with, when it had rows.
     fn snapshot(&self) -> Option<(&SessionDb, &ScannedWith)> {
         match (&self.db, &self.scanned) {
-            (Some(db), Some(scanned)) if !self.ignore_snapshot && scanned.snapshot_rows > 0 => {
+            (Some(db), Some(scanned)) if !self.ignore_snapshot && scanned.has_rows => {
                 Some((db, scanned))
             }
             _ => None,
@@ -100,8 +107,23 @@ impl ScannedWith {
     /// The row is one the scan compared (not one the filters or link mode
     /// now leave out).
     fn covers(&self, row: &Entry) -> bool {
-        self.options.filters.includes(&row.path, row.kind)
-            && !(row.kind == Kind::Symlink && self.options.links == LinkMode::Skip)
+        covers(row, &self.options)
+    }
+}
+
+/// This session's snapshot as a scan of dirty paths reads it (none when
+/// there is no database or `-x` ignores it in a dry run).
+struct SnapshotView<'a>(Option<&'a SessionDb>);
+
+impl SnapshotRows for SnapshotView<'_> {
+    type Error = StateError;
+
+    fn row(&self, path: &RelPath) -> Result<Option<Entry>, StateError> {
+        self.0.map_or(Ok(None), |db| db.entry(path))
+    }
+
+    fn rows_under(&self, dir: &RelPath) -> Result<Vec<Entry>, StateError> {
+        self.0.map_or(Ok(Vec::new()), |db| db.entries_under(dir))
     }
 }
 
@@ -302,6 +324,75 @@ impl LocalEndpoint {
         }
     }
 
+    /// The options this root scans with: a state directory inside the root
+    /// is never synced; with `--links follow`, files are read (and
+    /// re-checked) through links.
+    fn scan_setup(&self, options: &DiffOptions) -> DiffOptions {
+        let mut options = options.clone();
+        self.follow_links
+            .store(options.links == LinkMode::Follow, Ordering::Relaxed);
+        if let Some(inside) = self.state_dir_inside_root() {
+            options.filters.exclude_fixed(inside);
+        }
+        options
+    }
+
+    /// Completes a scan's change set as every scan does (hashes the new and
+    /// changed files worth hashing and the racy ones, pairs renames) and
+    /// keeps it: later `lookup` and `find_content` answer as of this scan.
+    /// `worth`: the sizes of the snapshot's files with known content.
+    fn settle_scan(
+        &self,
+        mut set: ChangeSet,
+        report: ScanReport,
+        worth: SizesWorthHashing,
+        options: DiffOptions,
+        has_rows: bool,
+    ) -> Result<ChangeSet, EndpointError> {
+        let dry_run = self.with_session(|s| s.request.dry_run)?;
+        if !dry_run {
+            remove_stale_temps(&report.temps);
+        }
+        if !options.checksum {
+            self.hash_entries(
+                set.changes
+                    .iter_mut()
+                    .filter_map(|c| c.after.as_mut())
+                    .filter(|e| e.kind == Kind::File && e.hash.is_none() && worth.contains(e.size))
+                    .collect(),
+            );
+        }
+        // A file whose recorded stat could not vouch for its content is
+        // compared by content.
+        {
+            let racy: Vec<&mut Entry> = set
+                .changes
+                .iter_mut()
+                .filter(|c| c.before.as_ref().is_some_and(|b| b.racy))
+                .filter_map(|c| c.after.as_mut())
+                .filter(|e| e.kind == Kind::File && e.hash.is_none())
+                .collect();
+            self.hash_entries(racy);
+        }
+        detect_renames(&mut set);
+        *self.changed.write().unwrap() = set
+            .changes
+            .iter()
+            .map(|c| (c.path.clone(), c.after.clone()))
+            .collect();
+        self.offered.lock().unwrap().clear();
+        let filters_line = options.filters.describe();
+        let forgotten = set.forgotten.clone();
+        self.with_session(|s| {
+            s.forgotten = forgotten;
+            s.filters_line = filters_line;
+            s.scanned = Some(ScannedWith { options, has_rows });
+            s.sizes = Some(worth);
+        })?;
+        set.warnings.extend(report.warnings);
+        Ok(set)
+    }
+
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
         OpFailure {
             path: path.clone(),
@@ -415,6 +506,7 @@ impl Endpoint for LocalEndpoint {
             forgotten: Vec::new(),
             filters_line: String::new(),
             scanned: None,
+            sizes: None,
         });
         Ok(facts)
     }
@@ -422,19 +514,14 @@ impl Endpoint for LocalEndpoint {
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
         // Snapshot rows stream in from the database while the tree is walked,
         // both in byte order of path; only what differs is kept.
-        let (missing_root, dry_run, snapshot) = self.with_session(|s| {
+        let (missing_root, snapshot) = self.with_session(|s| {
             let snapshot = match (&s.db, s.ignore_snapshot) {
                 (Some(db), false) => Some(db.stream_entries()),
                 _ => None,
             };
-            (s.missing_root, s.request.dry_run, snapshot)
+            (s.missing_root, snapshot)
         })?;
-        let mut options = options.clone();
-        self.follow_links
-            .store(options.links == LinkMode::Follow, Ordering::Relaxed);
-        if let Some(inside) = self.state_dir_inside_root() {
-            options.filters.exclude_fixed(inside);
-        }
+        let options = self.scan_setup(options);
         let mut worth = SizesWorthHashing::default();
         let mut snapshot_rows = 0u64;
         let mut read_error = None;
@@ -452,19 +539,13 @@ impl Endpoint for LocalEndpoint {
                 snapshot_rows += 1;
                 worth.note(row);
             });
-        let (mut set, report) = if missing_root {
+        let (set, report) = if missing_root {
             (
                 diff_stream(rows, std::iter::empty(), &options),
                 ScanReport::default(),
             )
         } else {
-            let scan_options = ScanOptions {
-                filters: options.filters.clone(),
-                links: options.links,
-                preserve: options.preserve,
-                hash_files: options.checksum,
-            };
-            scan_root(&self.root, &scan_options, |walk| {
+            scan_root(&self.root, &scan_options(&options), |walk| {
                 diff_stream(rows, walk, &options)
             })
             .map_err(|e| EndpointError::Root(format!("cannot read {}: {e}", self.describe())))?
@@ -472,49 +553,42 @@ impl Endpoint for LocalEndpoint {
         if let Some(error) = read_error {
             return Err(error.into());
         }
-        if !dry_run {
-            remove_stale_temps(&report.temps);
+        self.settle_scan(set, report, worth, options, snapshot_rows > 0)
+    }
+
+    fn scan_dirty(
+        &self,
+        paths: &[RelPath],
+        trees: &[RelPath],
+        options: &DiffOptions,
+    ) -> Result<ChangeSet, EndpointError> {
+        if trees.iter().any(RelPath::is_root) {
+            // The whole tree: streamed, as a full scan does, not held.
+            return self.scan(options);
         }
-        if !options.checksum {
-            self.hash_entries(
-                set.changes
-                    .iter_mut()
-                    .filter_map(|c| c.after.as_mut())
-                    .filter(|e| e.kind == Kind::File && e.hash.is_none() && worth.contains(e.size))
-                    .collect(),
-            );
-        }
-        // A file whose recorded stat could not vouch for its content is
-        // compared by content.
-        {
-            let racy: Vec<&mut Entry> = set
-                .changes
-                .iter_mut()
-                .filter(|c| c.before.as_ref().is_some_and(|b| b.racy))
-                .filter_map(|c| c.after.as_mut())
-                .filter(|e| e.kind == Kind::File && e.hash.is_none())
-                .collect();
-            self.hash_entries(racy);
-        }
-        detect_renames(&mut set);
-        *self.changed.write().unwrap() = set
-            .changes
-            .iter()
-            .map(|c| (c.path.clone(), c.after.clone()))
-            .collect();
-        self.offered.lock().unwrap().clear();
-        let filters_line = options.filters.describe();
-        let forgotten = set.forgotten.clone();
-        self.with_session(|s| {
-            s.forgotten = forgotten;
-            s.filters_line = filters_line;
-            s.scanned = Some(ScannedWith {
-                options,
-                snapshot_rows,
-            });
-        })?;
-        set.warnings.extend(report.warnings);
-        Ok(set)
+        // Point queries on the session's own connection: a handful of rows,
+        // not a stream of them all.
+        let options = self.scan_setup(options);
+        let found = scan_options(&options);
+        let (set, report, worth, has_rows) = self.with_session(|s| {
+            let db = s.db.as_ref().filter(|_| !s.ignore_snapshot);
+            let mut tree = if s.missing_root {
+                DiskTree::missing(&self.root, &found)
+            } else {
+                DiskTree::new(&self.root, &found).map_err(|e| {
+                    EndpointError::Root(format!("cannot read {}: {e}", self.describe()))
+                })?
+            };
+            let set = diff_dirty(paths, trees, &SnapshotView(db), &mut tree, &options)?;
+            let worth = match (s.sizes.take(), db) {
+                (Some(worth), _) => worth,
+                (None, Some(db)) => SizesWorthHashing::from_sizes(db.file_sizes_with_hashes()?),
+                (None, None) => SizesWorthHashing::default(),
+            };
+            let has_rows = db.map(SessionDb::has_entries).transpose()?.unwrap_or(false);
+            Ok::<_, EndpointError>((set, tree.finish(), worth, has_rows))
+        })??;
+        self.settle_scan(set, report, worth, options, has_rows)
     }
 
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError> {
@@ -716,8 +790,18 @@ impl Endpoint for LocalEndpoint {
 
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
         let mut guard = self.session.lock().unwrap();
-        if let Some(db) = guard.as_mut().and_then(|s| s.db.as_mut()) {
+        let Some(session) = guard.as_mut() else {
+            return Ok(());
+        };
+        if let Some(db) = session.db.as_mut() {
             db.apply_updates(updates)?;
+        }
+        if let Some(sizes) = session.sizes.as_mut() {
+            for update in updates {
+                if let SnapshotUpdate::Upsert(entry) = update {
+                    sizes.note(entry);
+                }
+            }
         }
         Ok(())
     }
@@ -762,6 +846,16 @@ impl Endpoint for LocalEndpoint {
             &end.summary,
         )?;
         Ok(())
+    }
+}
+
+/// What the walk needs of the diff options.
+fn scan_options(options: &DiffOptions) -> ScanOptions {
+    ScanOptions {
+        filters: options.filters.clone(),
+        links: options.links,
+        preserve: options.preserve,
+        hash_files: options.checksum,
     }
 }
 

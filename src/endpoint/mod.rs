@@ -143,35 +143,28 @@ pub trait Endpoint: Send + Sync {
     /// Scans the root against this session's snapshot.
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError>;
 
-    /// Scans only these paths (and the whole of these directories) against
-    /// this session's snapshot: continuous mode's cycles. By default a full
-    /// scan, which finds the same changes and more.
+    /// Scans only these paths against this session's snapshot: `paths`
+    /// whose own entry may have changed, and `trees`, directories that
+    /// appeared, compared whole. The change set is what [`Endpoint::scan`]
+    /// would report for them (see [`crate::changes::diff_dirty`]; a tree at
+    /// the root is a full scan); every other path is taken to be as its
+    /// snapshot row records it, and `lookup` and `find_content` answer so
+    /// afterwards.
     fn scan_dirty(
         &self,
         paths: &[RelPath],
         trees: &[RelPath],
         options: &DiffOptions,
-    ) -> Result<ChangeSet, EndpointError> {
-        let _ = (paths, trees);
-        self.scan(options)
-    }
+    ) -> Result<ChangeSet, EndpointError>;
 
     /// Continuous mode: reports this root's changes to `sink` from now until
     /// the session ends (or `sink` returns false), each report after
     /// `timing`'s quiet time. An error when the root cannot be watched: the
     /// caller then polls it with full scans.
-    fn watch(&self, timing: WatchTiming, sink: ReportSink) -> Result<(), EndpointError> {
-        let _ = (timing, sink);
-        Err(EndpointError::Root(format!(
-            "{} cannot be watched by this snapsync",
-            self.describe()
-        )))
-    }
+    fn watch(&self, timing: WatchTiming, sink: ReportSink) -> Result<(), EndpointError>;
 
     /// The decisions `resolve` recorded on this root since the session opened.
-    fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError> {
-        Ok(Vec::new())
-    }
+    fn decisions(&self) -> Result<Vec<crate::state::Decision>, EndpointError>;
 
     /// Current entries of these paths, as of the scan; absent paths are left out.
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError>;

@@ -378,6 +378,21 @@ impl RemoteEndpoint {
             root_id: Mutex::new(None),
         })
     }
+
+    /// Asks for a scan (`Scan` or `ScanDirty`) and checks the change set
+    /// that comes back.
+    fn scanned(&self, request: Body) -> Result<ChangeSet, EndpointError> {
+        let set = match self.conn.call(request)? {
+            Body::Scanned(set) => set,
+            other => return Err(unexpected(&other)),
+        };
+        if !set.changes.windows(2).all(|w| w[0].path < w[1].path) {
+            return Err(EndpointError::Refused(
+                "the far end sent a change set out of order".into(),
+            ));
+        }
+        Ok(set)
+    }
 }
 
 fn wait_briefly(child: &mut Child) -> Option<i32> {
@@ -448,14 +463,20 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
-        let reply = self.conn.call(Body::Scan(options.clone()))?;
-        let set = expect_reply!(reply, Body::Scanned(set) => set)?;
-        if !set.changes.windows(2).all(|w| w[0].path < w[1].path) {
-            return Err(EndpointError::Refused(
-                "the far end sent a change set out of order".into(),
-            ));
-        }
-        Ok(set)
+        self.scanned(Body::Scan(options.clone()))
+    }
+
+    fn scan_dirty(
+        &self,
+        paths: &[RelPath],
+        trees: &[RelPath],
+        options: &DiffOptions,
+    ) -> Result<ChangeSet, EndpointError> {
+        self.scanned(Body::ScanDirty {
+            paths: paths.to_vec(),
+            trees: trees.to_vec(),
+            options: options.clone(),
+        })
     }
 
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError> {
