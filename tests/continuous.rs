@@ -266,3 +266,28 @@ fn bidi_conflicts_are_reported_and_resolved_while_running() {
         "a cycle line reports the conflict"
     );
 }
+
+#[test]
+fn pull_follows_the_far_roots_changes() {
+    let (tmp, a, b) = roots();
+    fs::create_dir_all(&b).unwrap();
+    let shim = rsh_shim(tmp.path());
+    write(&b, "there", b"t");
+    let remote = format!("far.example:{}", b.display());
+    let session = Session::start(
+        "pull",
+        &[
+            "--rsh",
+            shim.to_str().unwrap(),
+            "--remote-command",
+            bin().to_str().unwrap(),
+        ],
+        &a,
+        &remote,
+    );
+    assert!(same(&a, &b));
+    write(&b, "new-there", b"n");
+    fs::remove_file(b.join("there")).unwrap();
+    eventually("the far root's changes arrive", || same(&a, &b));
+    session.stop();
+}

@@ -711,3 +711,24 @@ fn type_changes_replace_files_directories_and_links() {
     assert_code(&push(&src, &dst, &[]), 0);
     assert_same_tree(&src, &dst);
 }
+
+/// A reader that went away (`snapsync push --json ... | head -c0`) loses
+/// the summary, not the run: no panic, exit 0, the target in place.
+#[test]
+fn a_closed_stdout_is_no_failure() {
+    let (_tmp, src, dst) = dirs();
+    write(&src, "f", b"x");
+    let mut child = std::process::Command::new(bin())
+        .args(["push", "--json"])
+        .arg(&src)
+        .arg(&dst)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_eq!(read(&dst, "f"), b"x");
+}

@@ -624,3 +624,44 @@ fn fan_out_over_ssh_while_the_source_changes() {
         assert_same_tree(&src, t);
     }
 }
+
+/// `push -C` over real ssh: changes made after the first pass arrive
+/// without a rescan; SIGINT ends the session with exit 0.
+#[test]
+fn continuous_push_over_ssh() {
+    let sshd = Sshd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write(&src, "first", b"1");
+    let mut child = Command::new(bin())
+        .args(["push", "-C", "--json", "--rsh"])
+        .arg(sshd.rsh())
+        .arg("--remote-command")
+        .arg(bin())
+        .arg(&src)
+        .arg(sshd.remote(&dst))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    write(&src, "later", b"2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read(dst.join("later")).ok().as_deref() != Some(b"2".as_slice()) {
+        assert!(Instant::now() < deadline, "the change never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_same_tree(&src, &dst);
+}

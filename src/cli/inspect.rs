@@ -176,12 +176,12 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
         }));
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(sessions));
+        say!("{}", serde_json::Value::Array(sessions));
         return Ok(EXIT_OK);
     }
-    println!("root {} (id {this})", root.dir.display());
+    say!("root {} (id {this})", root.dir.display());
     if sessions.is_empty() {
-        println!("no sessions recorded");
+        say!("no sessions recorded");
     }
     for s in &sessions {
         let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -201,7 +201,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
                 run["errors"]
             )
         };
-        println!(
+        say!(
             "{}\t{} with {}\t{}{}",
             text(&s["session"]),
             text(&s["direction"]),
@@ -213,9 +213,11 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
             },
             last
         );
-        println!(
+        say!(
             "\t{} paths synced, {} errors, {} conflicts pending",
-            s["counts"]["synced"], s["counts"]["error"], s["counts"]["conflict"]
+            s["counts"]["synced"],
+            s["counts"]["error"],
+            s["counts"]["conflict"]
         );
     }
     let all = |upstream: bool| -> Vec<String> {
@@ -240,10 +242,10 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
     };
     let (up, down) = (all(true), all(false));
     if !up.is_empty() {
-        println!("upstream: {}", up.join(", "));
+        say!("upstream: {}", up.join(", "));
     }
     if !down.is_empty() {
-        println!("downstream: {}", down.join(", "));
+        say!("downstream: {}", down.join(", "));
     }
     Ok(EXIT_OK)
 }
@@ -273,16 +275,19 @@ pub fn conflicts(args: &ConflictsArgs) -> Result<i32, Failure> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(items));
+        say!("{}", serde_json::Value::Array(items));
     } else {
         for (session, row) in &listed {
             let pending = match &row.decision {
                 Some(d) => format!("; resolved: keep {}, the next run carries it out", d.keep),
                 None => String::new(),
             };
-            println!(
+            say!(
                 "{}\tlocal {}, remote {}\t(session {session}, since {}{pending})",
-                row.record.path, row.record.here, row.record.peer, row.detected
+                row.record.path,
+                row.record.here,
+                row.record.peer,
+                row.detected
             );
         }
         if listed.is_empty() {
@@ -337,7 +342,7 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
         })?;
         db.decide(&rel, args.keep.as_str(), &decided)
             .map_err(|e| Failure::error(e.to_string()))?;
-        println!(
+        say!(
             "{rel}: keep {} (session {session}); the next run carries it out",
             args.keep.as_str()
         );

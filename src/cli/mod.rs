@@ -3,6 +3,16 @@
 //! (0 done, 1 error, 2 usage, 3 some paths failed, 4 conflicts remain,
 //! 130 interrupted).
 
+/// `println!` that survives a reader who went away (`snapsync status |
+/// head`, or a continuous session's `--json` consumer ending): what cannot
+/// be printed is dropped, the run goes on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod args;
 mod inspect;
 mod output;

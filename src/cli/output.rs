@@ -85,14 +85,14 @@ impl Printer {
             if self.dry_run {
                 value["plan"] = json!(plan_lines);
             }
-            println!("{value}");
+            say!("{value}");
             return;
         }
         for line in &plan_lines {
-            println!("{line}");
+            say!("{line}");
         }
         if !self.quiet {
-            println!("{}", summary_line(&outcome.summary, self.dry_run));
+            say!("{}", summary_line(&outcome.summary, self.dry_run));
         }
     }
 }
