@@ -499,21 +499,12 @@ pub fn replica_cycle(
         (source_set, target_set)
     });
     let (source_set, target_set) = (source_set?, target_set?);
-    for warning in source_set.warnings.iter().chain(&target_set.warnings) {
-        observer.warning(warning);
-    }
     let mut failures: Vec<(RelPath, String)> = Vec::new();
-    for (set, side) in [(&source_set, source), (&target_set, target)] {
-        for (dir, reason) in &set.unreadable {
-            failures.push((
-                dir.clone(),
-                format!(
-                    "cannot read directory {dir} in {}: {reason}",
-                    side.describe()
-                ),
-            ));
-        }
-    }
+    report_scans(
+        [(&source_set, source), (&target_set, target)],
+        observer,
+        &mut failures,
+    );
 
     let source_now = source.lookup(&paths_to_look_up(&source_set, &target_set))?;
     let target_now = target.lookup(&target_paths_to_look_up(&source_set, &target_set))?;
@@ -854,20 +845,11 @@ pub fn bidi_cycle(
             (local_set, remote_set) = scan_both()?;
         }
     }
-    for warning in local_set.warnings.iter().chain(&remote_set.warnings) {
-        observer.warning(warning);
-    }
-    for (set, side) in [(&local_set, local), (&remote_set, remote)] {
-        for (dir, reason) in &set.unreadable {
-            failures.push((
-                dir.clone(),
-                format!(
-                    "cannot read directory {dir} in {}: {reason}",
-                    side.describe()
-                ),
-            ));
-        }
-    }
+    report_scans(
+        [(&local_set, local), (&remote_set, remote)],
+        observer,
+        &mut failures,
+    );
     // Files both sides changed to the same size are compared by content.
     let local_hashes = local.hash_files(&paths_to_hash(&local_set, &remote_set))?;
     let remote_hashes = remote.hash_files(&paths_to_hash(&remote_set, &local_set))?;
@@ -1011,6 +993,29 @@ pub fn bidi_cycle(
         failures,
         interrupted,
     })
+}
+
+/// Passes on what both scans warned of, and counts each directory a scan
+/// could not read as a failure of this run.
+fn report_scans(
+    scans: [(&ChangeSet, &dyn Endpoint); 2],
+    observer: &dyn Observer,
+    failures: &mut Vec<(RelPath, String)>,
+) {
+    for (set, side) in scans {
+        for warning in &set.warnings {
+            observer.warning(warning);
+        }
+        for (dir, reason) in &set.unreadable {
+            failures.push((
+                dir.clone(),
+                format!(
+                    "cannot read directory {dir} in {}: {reason}",
+                    side.describe()
+                ),
+            ));
+        }
+    }
 }
 
 /// Puts hashes computed after the scan into the change set's entries.

@@ -53,6 +53,16 @@ impl Session {
         session
     }
 
+    /// A session whose remote root `remote` is reached through the
+    /// protocol (the `--rsh` shim made in `tmp`).
+    fn far(verb: &str, tmp: &Path, local: &Path, remote: &Path) -> Session {
+        let shim = rsh_shim(tmp);
+        let spec = format!("far.example:{}", remote.display());
+        let (shim, bin) = (shim.to_str().unwrap().to_string(), bin());
+        let args = ["--rsh", &shim, "--remote-command", bin.to_str().unwrap()];
+        Session::start(verb, &args, local, &spec)
+    }
+
     /// SIGINT: the session ends with exit 0.
     fn stop(mut self) -> Vec<serde_json::Value> {
         let pid = self.child.id().to_string();
@@ -183,20 +193,8 @@ fn bidi_follows_changes_on_both_sides() {
 fn the_far_end_reports_its_own_changes() {
     let (tmp, a, b) = roots();
     fs::create_dir_all(&b).unwrap();
-    let shim = rsh_shim(tmp.path());
     write(&a, "from-a", b"a");
-    let remote = format!("far.example:{}", b.display());
-    let session = Session::start(
-        "bidi",
-        &[
-            "--rsh",
-            shim.to_str().unwrap(),
-            "--remote-command",
-            bin().to_str().unwrap(),
-        ],
-        &a,
-        &remote,
-    );
+    let session = Session::far("bidi", tmp.path(), &a, &b);
     write(&b, "far-change", b"from the far side");
     eventually("a far change arrives", || same(&a, &b));
     write(&a, "near-change", b"from here");
@@ -208,20 +206,8 @@ fn the_far_end_reports_its_own_changes() {
 fn a_lost_connection_is_made_again_and_what_changed_meanwhile_arrives() {
     let (tmp, a, b) = roots();
     fs::create_dir_all(&b).unwrap();
-    let shim = rsh_shim(tmp.path());
     write(&a, "first", b"1");
-    let remote = format!("far.example:{}", b.display());
-    let session = Session::start(
-        "bidi",
-        &[
-            "--rsh",
-            shim.to_str().unwrap(),
-            "--remote-command",
-            bin().to_str().unwrap(),
-        ],
-        &a,
-        &remote,
-    );
+    let session = Session::far("bidi", tmp.path(), &a, &b);
     let pidfile = tmp.path().join("far.pid");
     let far = fs::read_to_string(&pidfile).unwrap().trim().to_string();
     Command::new("kill").args(["-9", &far]).status().unwrap();
@@ -271,20 +257,8 @@ fn bidi_conflicts_are_reported_and_resolved_while_running() {
 fn pull_follows_the_far_roots_changes() {
     let (tmp, a, b) = roots();
     fs::create_dir_all(&b).unwrap();
-    let shim = rsh_shim(tmp.path());
     write(&b, "there", b"t");
-    let remote = format!("far.example:{}", b.display());
-    let session = Session::start(
-        "pull",
-        &[
-            "--rsh",
-            shim.to_str().unwrap(),
-            "--remote-command",
-            bin().to_str().unwrap(),
-        ],
-        &a,
-        &remote,
-    );
+    let session = Session::far("pull", tmp.path(), &a, &b);
     assert!(same(&a, &b));
     write(&b, "new-there", b"n");
     fs::remove_file(b.join("there")).unwrap();
