@@ -629,6 +629,18 @@ mod tests {
                     }
                     tree.remove(&entry.path);
                 }
+                Op::DeleteTree { entry, within } => {
+                    for inner in within {
+                        tree.remove(&inner.path);
+                    }
+                    if tree
+                        .keys()
+                        .any(|k| k.starts_with(&entry.path) && *k != entry.path)
+                    {
+                        return Err(format!("{} still holds what the plan missed", entry.path));
+                    }
+                    tree.remove(&entry.path);
+                }
                 Op::Mkdir { entry }
                 | Op::Transfer { entry }
                 | Op::LocalCopy { entry, .. }

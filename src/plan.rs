@@ -24,6 +24,14 @@ pub enum Op {
     Delete {
         entry: Entry,
     },
+    /// Delete a directory and what the plan knows under it (`within`):
+    /// one operation for a directory deleted whole (`rm -rf`), however many
+    /// entries it holds. What the plan does not know of (excluded entries)
+    /// stays, and so does the directory then.
+    DeleteTree {
+        entry: Entry,
+        within: Vec<Entry>,
+    },
     Mkdir {
         entry: Entry,
     },
@@ -70,7 +78,7 @@ impl Op {
     pub fn phase(&self) -> Phase {
         match self {
             Op::Rename { .. } | Op::RenameContent { .. } => Phase::Renames,
-            Op::Delete { .. } => Phase::Deletes,
+            Op::Delete { .. } | Op::DeleteTree { .. } => Phase::Deletes,
             Op::Mkdir { .. } => Phase::Mkdirs,
             Op::SetMeta { entry, .. } if entry.kind == Kind::Dir => Phase::DirMeta,
             _ => Phase::Files,
@@ -147,6 +155,7 @@ impl PlanCounts {
         match &item.op {
             Op::Rename { .. } | Op::RenameContent { .. } => self.renamed += 1,
             Op::Delete { .. } => self.deleted += 1,
+            Op::DeleteTree { within, .. } => self.deleted += 1 + within.len() as u64,
             Op::Mkdir { .. } | Op::Symlink { .. } => new_or_updated(self),
             Op::Transfer { entry } => {
                 new_or_updated(self);
@@ -173,6 +182,12 @@ impl fmt::Display for Item {
             Op::Rename { from, to } => write!(f, "rename  {from} -> {to}"),
             Op::RenameContent { from, entry } => write!(f, "rename  {from} -> {}", entry.path),
             Op::Delete { entry } => write!(f, "delete  {}{}", entry.path, kind(entry)),
+            Op::DeleteTree { entry, within } => write!(
+                f,
+                "delete  {}/ (and the {} entries under it)",
+                entry.path,
+                within.len()
+            ),
             Op::Mkdir { entry } => write!(f, "mkdir   {}/", entry.path),
             Op::Transfer { entry } if self.replaces => write!(f, "update  {}", entry.path),
             Op::Transfer { entry } => write!(f, "create  {}", entry.path),

@@ -449,8 +449,83 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
             .cloned()
             .or_else(|| desired(path))
     };
+    collapse_tree_deletes(&mut items);
     restore_touched_directories(&mut items, &restored);
     Plan { items }
+}
+
+/// The paths an item reads or changes.
+fn touched_paths(item: &Item) -> Vec<&RelPath> {
+    let mut paths = vec![&item.path];
+    match &item.op {
+        Op::Rename { from, to } => paths.extend([from, to]),
+        Op::RenameContent { from, entry } | Op::LocalCopy { from, entry } => {
+            paths.extend([from, &entry.path])
+        }
+        _ => {}
+    }
+    paths
+}
+
+/// A directory deleted whole becomes one operation: every item under a
+/// deleted directory is a delete of what it held, nothing else touches a
+/// path there, and the directory's own row removal covers theirs.
+fn collapse_tree_deletes(items: &mut Vec<Item>) {
+    let mut dirs: Vec<RelPath> = items
+        .iter()
+        .filter_map(|item| match &item.op {
+            Op::Delete { entry } if entry.kind == Kind::Dir => Some(entry.path.clone()),
+            _ => None,
+        })
+        .collect();
+    // Outer directories first: they take in the inner ones.
+    dirs.sort_by_key(|d| d.depth());
+    let under = |path: &RelPath, dir: &RelPath| path.starts_with(dir) && path != dir;
+    for dir in dirs {
+        let Some(top) = items
+            .iter()
+            .position(|item| matches!(&item.op, Op::Delete { entry } if entry.path == dir))
+        else {
+            continue; // taken in by an outer directory
+        };
+        let only_deletes = items.iter().enumerate().all(|(i, item)| {
+            i == top
+                || !touched_paths(item).iter().any(|p| under(p, &dir))
+                || matches!(&item.op, Op::Delete { .. } | Op::DeleteTree { .. })
+        });
+        let has_inside = items
+            .iter()
+            .any(|item| under(&item.path, &dir) && matches!(item.op, Op::Delete { .. }));
+        if !only_deletes || !has_inside {
+            continue;
+        }
+        let mut within = Vec::new();
+        items.retain(|item| {
+            if !under(&item.path, &dir) {
+                return true;
+            }
+            match &item.op {
+                Op::Delete { entry } => within.push(entry.clone()),
+                Op::DeleteTree {
+                    entry,
+                    within: inner,
+                } => {
+                    within.push(entry.clone());
+                    within.extend(inner.iter().cloned());
+                }
+                _ => return true,
+            }
+            false
+        });
+        let top = items
+            .iter()
+            .position(|item| matches!(&item.op, Op::Delete { entry } if entry.path == dir))
+            .expect("the directory's own delete stays");
+        let Op::Delete { entry } = items[top].op.clone() else {
+            unreachable!("found as a delete")
+        };
+        items[top].op = Op::DeleteTree { entry, within };
+    }
 }
 
 /// Every directory whose listing the plan changes gets its times put back
@@ -475,6 +550,7 @@ fn restore_touched_directories(items: &mut Vec<Item>, desired: &dyn Fn(&RelPath)
                 note(&entry.path);
             }
             Op::Delete { entry }
+            | Op::DeleteTree { entry, .. }
             | Op::Mkdir { entry }
             | Op::Transfer { entry }
             | Op::LocalCopy { entry, .. }
@@ -733,6 +809,41 @@ mod tests {
         assert!(!lines.iter().any(|l| l.starts_with("rename")), "{lines:?}");
         assert!(lines.contains(&"delete x".to_string()), "{lines:?}");
         assert!(lines.contains(&"create x/f".to_string()), "{lines:?}");
+    }
+
+    #[test]
+    fn a_directory_deleted_whole_is_one_operation() {
+        let base = vec![
+            dir("d", 1),
+            file("d/a", 1, 2),
+            dir("d/e", 3),
+            file("d/e/b", 2, 4),
+            file("keep", 3, 5),
+        ];
+        let now = vec![file("keep", 3, 5)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert_eq!(lines, vec!["delete d/ (and the 3 entries under it)"]);
+    }
+
+    #[test]
+    fn a_directory_partly_kept_is_deleted_entry_by_entry() {
+        // Something under it moves elsewhere: not one delete of the whole.
+        let base = vec![dir("d", 1), file("d/a", 1, 2), file("d/b", 2, 3)];
+        let now = vec![file("moved", 1, 2)];
+        let lines = plan(
+            side(base.clone(), now),
+            side(base.clone(), base),
+            ReplicaOptions::default(),
+        );
+        assert!(lines.contains(&"delete d/".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"rename d/a -> moved".to_string()),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -593,7 +593,7 @@ fn overwritten_drift(plan: &Plan, target: &ChangeSet, preserve: Preserve) -> Vec
         .iter()
         .filter_map(|item| {
             let (path, what) = match &item.op {
-                Op::Delete { entry } => (&entry.path, "deleted"),
+                Op::Delete { entry } | Op::DeleteTree { entry, .. } => (&entry.path, "deleted"),
                 Op::Transfer { entry }
                 | Op::LocalCopy { entry, .. }
                 | Op::RenameContent { entry, .. }

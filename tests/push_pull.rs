@@ -732,3 +732,27 @@ fn a_closed_stdout_is_no_failure() {
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     assert_eq!(read(&dst, "f"), b"x");
 }
+
+/// `rm -rf` of a directory of many files is carried out as one operation,
+/// not one per file; what the source never had there (excluded) stays.
+#[test]
+fn a_directory_removed_whole_goes_as_one_delete() {
+    let (_tmp, src, dst) = dirs();
+    for i in 0..300 {
+        write(&src, &format!("many/sub{}/f{i}", i % 3), b"x");
+    }
+    write(&src, "keep", b"k");
+    assert_code(&push(&src, &dst, &[]), 0);
+    fs::remove_dir_all(src.join("many")).unwrap();
+    let out = push(&src, &dst, &["-v", "--json"]);
+    assert_code(&out, 0);
+    let lines: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("delete"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, vec!["delete  many/ (and the 303 entries under it)"]);
+    assert_eq!(count(&summary(&out), "deleted"), 304);
+    assert!(!dst.join("many").exists());
+    assert_same_tree(&src, &dst);
+}

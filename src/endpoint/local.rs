@@ -208,6 +208,19 @@ impl LocalEndpoint {
                     bytes: 0,
                 })
             }
+            Op::DeleteTree { entry, within } => {
+                // Deepest first; a path already gone is fine; the first
+                // that cannot go ends it (the rest stays for the next run).
+                let mut order: Vec<&Entry> = within.iter().collect();
+                order.sort_by_key(|e| std::cmp::Reverse(e.path.depth()));
+                for inner in order {
+                    tree.delete(inner)
+                        .map_err(|e| Self::failure(&inner.path, e))?;
+                }
+                tree.delete(entry)
+                    .map(|()| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
+                    .map_err(|e| Self::failure(&entry.path, e))
+            }
             Op::Delete { entry } => tree
                 .delete(entry)
                 .map(|()| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
