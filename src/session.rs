@@ -1484,3 +1484,51 @@ impl Run<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes()).unwrap()
+    }
+
+    fn report(paths: &[&str], trees: &[&str], rescan: Option<&str>) -> WatchReport {
+        WatchReport {
+            paths: paths.iter().map(|s| p(s)).collect(),
+            trees: trees.iter().map(|s| p(s)).collect(),
+            rescan: rescan.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn both_sides_look_at_what_either_reported() {
+        let scope = merge_reports(
+            vec![
+                (Side::Local, report(&["b", "a"], &["new"], None)),
+                (Side::Remote, report(&["a", "c"], &[], None)),
+            ],
+            &mut |_| panic!("no fallback"),
+        );
+        let Scope::Dirty { local, remote } = scope else {
+            panic!("a dirty scope")
+        };
+        assert_eq!(local, remote);
+        assert_eq!(local.paths, vec![p("a"), p("b"), p("c")]);
+        assert_eq!(local.trees, vec![p("new")]);
+    }
+
+    #[test]
+    fn a_report_that_cannot_vouch_for_itself_means_a_full_scan() {
+        let mut said = Vec::new();
+        let scope = merge_reports(
+            vec![
+                (Side::Local, report(&["a"], &[], None)),
+                (Side::Remote, report(&[], &[], Some("queue overflow"))),
+            ],
+            &mut |why| said.push(why.to_string()),
+        );
+        assert!(matches!(scope, Scope::Full));
+        assert_eq!(said, vec!["queue overflow"]);
+    }
+}
