@@ -13,8 +13,10 @@
 #   bidi.sh     two-way sync, local and over a loopback sshd: snapsync bidi
 #               vs unison -batch
 #   memory.sh   no-change re-sync of many tiny files: peak RSS per entry
-# A new family (continuous-mode latency) is one more script here and one
-# more line in SCRIPTS below.
+#   continuous.sh  `push -C`, local and over a loopback sshd: write -> visible
+#               latency at a steady write rate, and a burst of new files;
+#               beside lsyncd (delay = 0) locally
+# A new family is one more script here and one more line in SCRIPTS below.
 #
 # Settings pass through to the scripts (FILES, REPS, CACHE, BIG, SNAPSYNC...).
 # SNAPSYNC defaults to a release build of this checkout.
@@ -23,7 +25,7 @@ set -euo pipefail
 MODE=${1:-all}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
-SCRIPTS=(compare.sh ssh.sh bidi.sh memory.sh)
+SCRIPTS=(compare.sh ssh.sh bidi.sh memory.sh continuous.sh)
 
 if [[ -z "${SNAPSYNC:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet)
@@ -47,6 +49,7 @@ case "$MODE" in
         run_family ssh.sh FILES=${FILES:-300} BIG=4M REPS=1 CACHE=warm RENAME_FILES=50 WORK=/tmp/snapsync-ssh-quick
         run_family bidi.sh FILES=${FILES:-300} REPS=1 CACHE=warm WORK=/tmp/snapsync-bidi-quick
         run_family memory.sh FILES=2000 REPS=1 WORK=/tmp/snapsync-memory-quick
+        run_family continuous.sh FILES=300 COUNT=50 BURST=500 REPS=1 WORK=/tmp/snapsync-continuous-quick
         for script in "${SCRIPTS[@]}"; do
             [[ -s "$RESULTS/${script%.sh}.md" ]] || { echo "run.sh: $script wrote no report" >&2; exit 1; }
         done
@@ -57,6 +60,7 @@ case "$MODE" in
         run_family ssh.sh FILES=${FILES:-100000} BIG=${BIG:-2G} REPS=${REPS:-3} CACHE=${CACHE:-auto}
         run_family bidi.sh FILES=${FILES:-100000} REPS=${REPS:-3} CACHE=${CACHE:-auto}
         run_family memory.sh FILES=${MEMORY_FILES:-1000000} REPS=${REPS:-3}
+        run_family continuous.sh FILES="${FILES:-100000}" REPS="${REPS:-3}"
         out="$REPO/BENCHMARKS.md"
         {
             echo "<!-- results:start (written by bench/run.sh all; do not edit by hand) -->"
