@@ -148,9 +148,9 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
-/// Runs one push or pull between `local` and `remote`. `stop` is checked
-/// between operations: when set, the file in flight finishes, what was done
-/// is saved, and the run ends early.
+/// Runs one push, pull or bidi sync between `local` and `remote`. `stop` is
+/// checked between operations: when set, the file in flight finishes, what
+/// was done is saved, and the run ends early.
 pub fn run_replica(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
@@ -716,28 +716,6 @@ fn carry_out(
         failures: run.failures.into_inner().unwrap(),
         fatal,
     }
-}
-
-/// Runs one bidi sync between `local` and `remote`: each side's changes
-/// since the common snapshot go to the other; what both changed in ways
-/// that cannot be merged is left as it is and reported as a conflict.
-pub fn run_bidi(
-    local: &dyn Endpoint,
-    remote: &dyn Endpoint,
-    options: &SyncOptions,
-    observer: &dyn Observer,
-    stop: &AtomicBool,
-) -> Result<Outcome, EndpointError> {
-    let decided = open_pair(local, remote, options, observer)?;
-    bidi_cycle(
-        local,
-        remote,
-        options,
-        observer,
-        stop,
-        &Scope::Full,
-        decided,
-    )
 }
 
 /// The decisions `resolve` recorded on either side, in this run's words.
