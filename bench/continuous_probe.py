@@ -32,13 +32,15 @@ How visibility is seen: a watcher thread loops over the writes not yet
 seen, with a 1 ms sleep between sweeps. steady stats each target path and
 reads the file only when its (inode, size, mtime) changed since it last
 looked, so the target is opened about once per write (opens are inotify
-events a tool watching the target must filter out); burst lists the target
-directories and reads each expected file once it is listed. A write counts
-as visible when the target file holds its exact bytes; the time taken is
-that of the stat (steady) or the sweep (burst) that found it, so a latency
-is late by at most one sweep: the summary gives the mean and longest sweep
-period. Temporary names a tool writes first and renames are ignored, since
-their names are not expected.
+events a tool watching the target must filter out), and a write counts as
+visible when the target file holds its exact bytes. burst lists the target
+directories and stats each expected file once it is listed; when all are
+there with their sizes, it reads every one (untimed), and if any content is
+wrong it polls again, reading, until all are right, and that later time
+counts. The time taken is that of the stat (steady) or of the sweep (burst)
+that found the last, so a time is late by at most one sweep: the summary
+gives the mean and longest sweep period. Temporary names a tool writes first
+and renames are ignored, since their names are not expected.
 
 A steady write that is overwritten by the writer before it was ever seen
 counts as "superseded" (its latency then exceeded 1 s); one not seen within
@@ -272,28 +274,57 @@ def cmd_burst(args):
         name = "f%06d.txt" % seq
         last_ns = write_file(os.path.join(src_root, d, name), expected[d][name])
 
+    # Timed: a file has arrived once it is listed under its name with its
+    # size (tools write a temporary name and rename it, so such a file is
+    # whole); reading 10,000 files inside the loop would make a sweep last
+    # 100 ms and more. The content is checked afterwards; a file whose
+    # content is wrong goes back to being awaited, read on every sweep.
     clock = SweepClock()
     deadline_ns = last_ns + int(args.timeout * 1e9)
     remaining = {d: set(names) for d, names in expected.items()}
     left = args.files
     all_seen_ns = None
-    while left and now_ns() <= deadline_ns:
-        for d in dirs:
-            if not remaining[d]:
-                continue
-            try:
-                listed = os.listdir(os.path.join(dst_root, d))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in remaining[d].intersection(listed):
-                if read_or_none(os.path.join(dst_root, d, name)) == expected[d][name]:
-                    remaining[d].discard(name)
-                    left -= 1
-        clock.tick()
-        if not left:
-            all_seen_ns = now_ns()
+    rechecked = 0
+    by_content = False
+    while True:
+        while left and now_ns() <= deadline_ns:
+            for d in dirs:
+                if not remaining[d]:
+                    continue
+                try:
+                    listed = os.listdir(os.path.join(dst_root, d))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for name in remaining[d].intersection(listed):
+                    full = os.path.join(dst_root, d, name)
+                    if by_content:
+                        ok = read_or_none(full) == expected[d][name]
+                    else:
+                        try:
+                            ok = os.stat(full).st_size == len(expected[d][name])
+                        except FileNotFoundError:
+                            ok = False
+                    if ok:
+                        remaining[d].discard(name)
+                        left -= 1
+            clock.tick()
+            if not left:
+                all_seen_ns = now_ns()
+                break
+            time.sleep(POLL_SLEEP)
+        if left or by_content:
             break
-        time.sleep(POLL_SLEEP)
+        # untimed: every file's content; the wrong ones are awaited again
+        for d in dirs:
+            for name, data in expected[d].items():
+                if read_or_none(os.path.join(dst_root, d, name)) != data:
+                    remaining[d].add(name)
+                    left += 1
+        if not left:
+            break
+        rechecked = left
+        all_seen_ns = None
+        by_content = True
 
     summary = {
         "files": args.files, "dirs": len(dirs), "bytes": total_bytes,
@@ -302,6 +333,7 @@ def cmd_burst(args):
         "first_to_all_s": round((all_seen_ns - first_ns) / 1e9, 4) if all_seen_ns else None,
         "missed": left,
         "missed_paths": sorted(os.path.join(d, n) for d in dirs for n in remaining[d])[:10],
+        "content_rechecked": rechecked,
     }
     summary.update(clock.summary())
     print(json.dumps(summary))
