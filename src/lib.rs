@@ -14,6 +14,7 @@ pub mod delta;
 pub mod endpoint;
 pub mod filter;
 pub mod lineage;
+pub mod log;
 pub mod model;
 pub mod plan;
 pub mod protocol;
@@ -25,4 +26,4 @@ pub mod state;
 pub mod watch;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

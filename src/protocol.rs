@@ -75,6 +75,11 @@ pub enum Body {
         ops: Vec<(Op, Option<Xattrs>)>,
         parallel: bool,
     },
+    /// What the run is about to do, kept as pending records until done.
+    RecordPending {
+        pending: Vec<crate::state::Pending>,
+        replace: bool,
+    },
     Commit(Vec<SnapshotUpdate>),
     Finish(RunEnd),
     /// The far end is the source: stream these files back, tagged with

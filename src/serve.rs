@@ -157,6 +157,11 @@ fn serve_session(
                     .apply(&ops, parallel)
                     .map_or_else(failed, Body::Applied),
             ),
+            Body::RecordPending { pending, replace } => Some(
+                endpoint
+                    .record_pending(&pending, replace)
+                    .map_or_else(failed, |()| Body::Done),
+            ),
             Body::Commit(updates) => Some(
                 endpoint
                     .commit(&updates)

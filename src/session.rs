@@ -56,6 +56,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     pub diff: DiffOptions,
     pub replica: ReplicaOptions,
+    /// Each side's session log: rotated at this size; per-file lines when verbose.
+    pub log_max: u64,
+    pub log_verbose: bool,
 }
 
 /// What one cycle scans on each side: everything, or (in continuous mode)
@@ -189,6 +192,8 @@ fn open_pair(
         role,
         reset: options.reset,
         dry_run: options.dry_run,
+        log_max: options.log_max,
+        log_verbose: options.log_verbose,
     };
     // The source opens first: a missing source is the error to report.
     let (local_facts, remote_facts) = if options.direction == Direction::Pull {
@@ -542,6 +547,7 @@ pub fn replica_cycle(
         });
     }
 
+    record_pending([source, target], &plan.items, scope)?;
     let done = carry_out(
         source,
         target,
@@ -583,6 +589,25 @@ pub fn replica_cycle(
         failures,
         interrupted,
     })
+}
+
+/// Records on both roots what the plan is about to change, so that a run
+/// killed midway leaves them as `pending`. A full pass replaces what an
+/// unfinished earlier run left (its plan is what remains of that one).
+fn record_pending<'a>(
+    endpoints: [&dyn Endpoint; 2],
+    items: impl IntoIterator<Item = &'a Item>,
+    scope: &Scope,
+) -> Result<(), EndpointError> {
+    let pending: Vec<crate::state::Pending> = items
+        .into_iter()
+        .filter_map(crate::state::Pending::of)
+        .collect();
+    let replace = matches!(scope, Scope::Full);
+    for endpoint in endpoints {
+        endpoint.record_pending(&pending, replace)?;
+    }
+    Ok(())
 }
 
 /// Files written on the target since this session's last run (by another
@@ -879,6 +904,11 @@ pub fn bidi_cycle(
     if options.dry_run {
         counts.merge(&plan.to_local.counts());
     } else {
+        record_pending(
+            [local, remote],
+            plan.to_remote.items.iter().chain(&plan.to_local.items),
+            scope,
+        )?;
         let there = carry_out(
             local,
             remote,

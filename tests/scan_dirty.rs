@@ -29,6 +29,8 @@ fn push(src: &Path, dst: &Path) {
         session: SESSION.into(),
         reset: false,
         dry_run: false,
+        log_max: snapsync::log::DEFAULT_MAX,
+        log_verbose: false,
         diff: DiffOptions::default(),
         replica: ReplicaOptions::default(),
     };
@@ -46,6 +48,8 @@ fn request(role: Role) -> SessionRequest {
         role,
         reset: false,
         dry_run: false,
+        log_max: snapsync::log::DEFAULT_MAX,
+        log_verbose: false,
     }
 }
 

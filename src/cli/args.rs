@@ -10,7 +10,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 2)"
+    ", protocol 3)"
 );
 
 #[derive(Parser)]
@@ -39,6 +39,8 @@ pub enum Command {
     Conflicts(ConflictsArgs),
     /// Settle conflicts: whose version the next run keeps
     Resolve(ResolveArgs),
+    /// Per-path records under PATH: synced, pending, error or conflict
+    Ls(LsArgs),
     /// The far end: speaks the protocol on stdin/stdout (started through --rsh)
     Serve,
 }
@@ -134,6 +136,12 @@ pub struct SyncArgs {
     /// Where this side keeps its state (default LOCAL/.snapsync)
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where this side's session log goes (default <state dir>/logs/<session>.log)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Rotate the session log at SIZE (bytes, or with K, M, G); 5 old files are kept
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = parse_size)]
+    pub log_max: u64,
 
     /// Show each operation on stderr
     #[arg(short, long, action = ArgAction::Count)]
@@ -171,6 +179,28 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub root: RootArgs,
     /// Print a JSON array, one object per session
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Synced,
+    Pending,
+    Error,
+    Conflict,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// A path in the root: what is at and under it (default: the working directory's root, whole)
+    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Only paths in this state
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    /// Print a JSON array of records
     #[arg(long)]
     pub json: bool,
 }
@@ -219,4 +249,51 @@ pub struct ResolveArgs {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub root: RootArgs,
+}
+
+/// A size: bytes, or a number with `K`, `M` or `G` (powers of 1024; a
+/// trailing `B` or `iB` is allowed).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let number = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, unit) = match number.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&number[..i], Some(c)),
+        _ => (number, None),
+    };
+    let shift = match unit {
+        None => 0,
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some(_) => return Err(format!("`{text}`: the unit must be K, M or G")),
+    };
+    let value: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (bytes, or a number with K, M or G)"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}`: give a size above zero and below 16 EiB"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("3KB"), Ok(3072));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("M").is_err());
+    }
 }

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::args::{ConflictsArgs, ResolveArgs, RootArgs, StatusArgs};
+use super::args::{ConflictsArgs, LsArgs, ResolveArgs, RootArgs, StateArg, StatusArgs};
 use super::{absolute, Failure, EXIT_CONFLICTS, EXIT_OK};
-use snapsync::model::RelPath;
-use snapsync::state::{read_lineage, ConflictRow, SessionDb, SessionLock};
+use snapsync::log;
+use snapsync::model::{hash_hex, Mtime, RelPath};
+use snapsync::state::{
+    format_utc, read_lineage, ConflictRow, PathRecord, PathState, SessionDb, SessionLock,
+};
 
 /// A root and where it keeps its state.
 struct Root {
@@ -75,9 +78,11 @@ impl Root {
         Ok(names)
     }
 
-    /// The session's database; `None` while a first run is still making it.
-    fn open(&self, session: &str) -> Result<Option<SessionDb>, Failure> {
-        SessionDb::open_existing(&self.state, session).map_err(|e| Failure::error(e.to_string()))
+    /// The session's database (`writable` to record decisions); `None`
+    /// while a first run is still making it.
+    fn open(&self, session: &str, writable: bool) -> Result<Option<SessionDb>, Failure> {
+        SessionDb::open_existing(&self.state, session, writable)
+            .map_err(|e| Failure::error(e.to_string()))
     }
 
     /// `path` (absolute or relative to the working directory) as a path in
@@ -119,7 +124,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
     let failed = |e: snapsync::state::StateError| Failure::error(e.to_string());
     let mut sessions = Vec::new();
     for name in root.sessions(args.root.session.as_deref())? {
-        let Some(db) = root.open(&name)? else {
+        let Some(db) = root.open(&name, false)? else {
             continue;
         };
         let facts = db.facts().map_err(failed)?;
@@ -165,14 +170,13 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
             "running": running.is_some(),
             "pid": running,
             "last_run": last_run,
-            "counts": {
-                "synced": db.count("entries").map_err(failed)?,
-                "error": db.count("errors").map_err(failed)?,
-                "conflict": db.count("conflicts").map_err(failed)?,
-            },
+            "counts": db.state_counts().map_err(failed)?,
             "upstream": roots(true),
             "downstream": roots(false),
-            "logs": serde_json::Value::Null,
+            "logs": db
+                .fact("log")
+                .map_err(failed)?
+                .unwrap_or_else(|| log::default_path(&root.state, &name).display().to_string()),
         }));
     }
     if args.json {
@@ -214,11 +218,13 @@ pub fn status(args: &StatusArgs) -> Result<i32, Failure> {
             last
         );
         say!(
-            "\t{} paths synced, {} errors, {} conflicts pending",
+            "\t{} paths synced, {} pending, {} errors, {} conflicts",
             s["counts"]["synced"],
+            s["counts"]["pending"],
             s["counts"]["error"],
             s["counts"]["conflict"]
         );
+        say!("\tlog {}", text(&s["logs"]));
     }
     let all = |upstream: bool| -> Vec<String> {
         let mut ids: Vec<String> = lineage
@@ -255,7 +261,7 @@ pub fn conflicts(args: &ConflictsArgs) -> Result<i32, Failure> {
     let root = Root::find(&start, &args.root)?;
     let mut listed: Vec<(String, ConflictRow)> = Vec::new();
     for session in root.sessions(args.root.session.as_deref())? {
-        let Some(db) = root.open(&session)? else {
+        let Some(db) = root.open(&session, false)? else {
             continue;
         };
         let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
@@ -311,7 +317,7 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
         let rel = root.relative(path)?;
         let mut holders: Vec<String> = Vec::new();
         for session in &sessions {
-            let Some(db) = root.open(session)? else {
+            let Some(db) = root.open(session, false)? else {
                 continue;
             };
             let rows = db.conflicts().map_err(|e| Failure::error(e.to_string()))?;
@@ -337,7 +343,7 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
                 )))
             }
         };
-        let db = root.open(&session)?.ok_or_else(|| {
+        let db = root.open(&session, true)?.ok_or_else(|| {
             Failure::error(format!("session `{session}` is being set up; try again"))
         })?;
         db.decide(&rel, args.keep.as_str(), &decided)
@@ -348,6 +354,121 @@ pub fn resolve(args: &ResolveArgs) -> Result<i32, Failure> {
         );
     }
     Ok(EXIT_OK)
+}
+
+pub fn ls(args: &LsArgs) -> Result<i32, Failure> {
+    let start = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = Root::find(&start, &args.root)?;
+    let under = match &args.path {
+        Some(path) => root.relative(path)?,
+        None => RelPath::root(),
+    };
+    let only = args.state.map(|state| match state {
+        StateArg::Synced => PathState::Synced,
+        StateArg::Pending => PathState::Pending,
+        StateArg::Error => PathState::Error,
+        StateArg::Conflict => PathState::Conflict,
+    });
+    let sessions = root.sessions(args.root.session.as_deref())?;
+    let named = sessions.len() > 1;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    // A reader that went away (`ls | head`) ends the listing, quietly.
+    let mut gone = false;
+    let mut put = |text: &str| {
+        use std::io::Write as _;
+        if !gone && out.write_all(text.as_bytes()).is_err() {
+            gone = true;
+        }
+    };
+    let mut first = true;
+    if args.json {
+        put("[");
+    }
+    for session in &sessions {
+        let Some(db) = root.open(session, false)? else {
+            continue;
+        };
+        db.records_under(&under, &mut |record| {
+            if only.is_some_and(|state| state != record.state) {
+                return;
+            }
+            if args.json {
+                let text = json_record(&record, session).to_string();
+                put(if std::mem::take(&mut first) {
+                    "\n"
+                } else {
+                    ",\n"
+                });
+                put(&text);
+            } else {
+                put(&text_record(&record, named.then_some(session.as_str())));
+            }
+        })
+        .map_err(|e| Failure::error(e.to_string()))?;
+    }
+    if args.json {
+        put(if first { "]\n" } else { "\n]\n" });
+    }
+    use std::io::Write as _;
+    let _ = out.flush();
+    Ok(EXIT_OK)
+}
+
+/// A time with its nanoseconds, RFC 3339 in UTC.
+fn mtime_text(mtime: Mtime) -> String {
+    let whole = format_utc(mtime.sec);
+    if mtime.nsec == 0 {
+        return whole;
+    }
+    format!("{}.{:09}Z", whole.trim_end_matches('Z'), mtime.nsec)
+}
+
+fn json_record(record: &PathRecord, session: &str) -> serde_json::Value {
+    json!({
+        "path": record.path.to_string(),
+        "state": record.state.as_str(),
+        "kind": record.kind.map(|k| k.as_str()),
+        "size": record.size,
+        "mtime": record.mtime.map(mtime_text),
+        "hash": record.hash.as_ref().map(hash_hex),
+        "message": record.message,
+        "since": record.since,
+        "attempts": record.attempts,
+        "planned": record.planned.map(|op| op.as_str()),
+        "session": session,
+    })
+}
+
+/// `STATE  KIND  SIZE  MTIME  PATH  (what is wrong)`, one line.
+fn text_record(record: &PathRecord, session: Option<&str>) -> String {
+    let note = match record.state {
+        PathState::Synced => String::new(),
+        PathState::Pending => format!(
+            "  (planned: {}, since {})",
+            record.planned.map_or("-", |op| op.as_str()),
+            record.since.as_deref().unwrap_or("-")
+        ),
+        PathState::Error => format!(
+            "  ({}; {} failed attempts since {})",
+            record.message.as_deref().unwrap_or("-"),
+            record.attempts.unwrap_or(0),
+            record.since.as_deref().unwrap_or("-")
+        ),
+        PathState::Conflict => format!(
+            "  ({}; since {})",
+            record.message.as_deref().unwrap_or("-"),
+            record.since.as_deref().unwrap_or("-")
+        ),
+    };
+    format!(
+        "{}{:<8} {:<7} {:>12} {:<20} {}{note}\n",
+        session.map(|s| format!("{s}\t")).unwrap_or_default(),
+        record.state.as_str(),
+        record.kind.map_or("-", |k| k.as_str()),
+        record.size.map_or("-".to_string(), |s| s.to_string()),
+        record.mtime.map_or("-".to_string(), |m| format_utc(m.sec)),
+        record.path,
+    )
 }
 
 /// Now, as `YYYYmmdd-HHMMSS` UTC.

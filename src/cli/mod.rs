@@ -91,6 +91,7 @@ pub fn main() -> i32 {
         Command::Status(args) => inspect::status(&args),
         Command::Conflicts(args) => inspect::conflicts(&args),
         Command::Resolve(args) => inspect::resolve(&args),
+        Command::Ls(args) => inspect::ls(&args),
         Command::Serve => serve(),
     };
     match result {
@@ -150,8 +151,12 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
             newer: args.newer,
             preserve,
         },
+        log_max: args.log_max,
+        log_verbose: args.verbose > 0,
     };
-    let local_end = LocalEndpoint::new(local, args.state_dir.clone(), preserve);
+    let log_file = args.log_file.as_deref().map(absolute).transpose()?;
+    let local_end =
+        LocalEndpoint::new(local, args.state_dir.clone(), preserve).with_log_file(log_file);
     let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
         Ok(match &remote_spec {
             Some(spec) => Box::new(RemoteEndpoint::connect(

@@ -24,6 +24,7 @@ use crate::changes::{
 use crate::delta::{delta, signature, DeltaOp, Signature, LITERAL_CHUNK};
 use crate::filter::STATE_DIR_NAME;
 use crate::lineage::Edge;
+use crate::log::SessionLog;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
 use crate::scan::{hash_file, read_xattrs, scan_root, DiskTree, LinkMode, ScanOptions, ScanReport};
@@ -48,6 +49,9 @@ pub struct LocalEndpoint {
     /// Set when the endpoint goes: its watch thread (continuous mode) ends.
     unwatch: Arc<AtomicBool>,
     root_id: Mutex<Option<String>>,
+    /// `--log-file`: where this side's session log goes instead of the
+    /// state directory.
+    log_file: Option<PathBuf>,
 }
 
 struct OpenSession {
@@ -67,6 +71,8 @@ struct OpenSession {
     /// more), kept from the full scan and the commits since, so that a scan
     /// of dirty paths hashes what a full scan would without reading every row.
     sizes: Option<SizesWorthHashing>,
+    /// This side's session log (none in a dry run).
+    log: Option<SessionLog>,
 }
 
 struct ScannedWith {
@@ -141,7 +147,24 @@ impl LocalEndpoint {
             follow_links: AtomicBool::new(false),
             unwatch: Arc::new(AtomicBool::new(false)),
             root_id: Mutex::new(None),
+            log_file: None,
         }
+    }
+
+    /// Sends this side's session log to `path` instead of
+    /// `<state dir>/logs/<session>.log`.
+    pub fn with_log_file(mut self, path: Option<PathBuf>) -> Self {
+        self.log_file = path;
+        self
+    }
+
+    /// Appends a line to the session log, when there is one.
+    fn log(&self, text: impl FnOnce() -> String) {
+        let _ = self.with_session(|s| {
+            if let Some(log) = &s.log {
+                log.line(&text());
+            }
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -510,7 +533,36 @@ impl Endpoint for LocalEndpoint {
                 )));
             }
         }
+        let log = if db.is_some() && !request.dry_run {
+            let path = self
+                .log_file
+                .clone()
+                .unwrap_or_else(|| crate::log::default_path(&self.state_dir, &request.session));
+            match SessionLog::open(path.clone(), request.log_max, request.log_verbose) {
+                Ok(log) => {
+                    log.line(&format!(
+                        "session `{}` opened: {}, this root ({}) is the {} (process {})",
+                        request.session,
+                        request.direction,
+                        self.describe(),
+                        request.role.as_str(),
+                        std::process::id()
+                    ));
+                    Some(log)
+                }
+                Err(e) => {
+                    facts.warnings.push(format!(
+                        "cannot open the session log {}: {e}; the run goes on without it",
+                        path.display()
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         *self.session.lock().unwrap() = Some(OpenSession {
+            log,
             request: request.clone(),
             db,
             _lock: lock,
@@ -525,6 +577,7 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
+        self.log(|| "run started: scanning the whole tree".to_string());
         // Snapshot rows stream in from the database while the tree is walked,
         // both in byte order of path; only what differs is kept.
         let (missing_root, snapshot) = self.with_session(|s| {
@@ -579,6 +632,13 @@ impl Endpoint for LocalEndpoint {
             // The whole tree: streamed, as a full scan does, not held.
             return self.scan(options);
         }
+        self.log(|| {
+            format!(
+                "run started: scanning {} changed paths and {} new directories",
+                paths.len(),
+                trees.len()
+            )
+        });
         // Point queries on the session's own connection: a handful of rows,
         // not a stream of them all.
         let options = self.scan_setup(options);
@@ -801,6 +861,24 @@ impl Endpoint for LocalEndpoint {
         }
     }
 
+    fn record_pending(
+        &self,
+        pending: &[crate::state::Pending],
+        replace: bool,
+    ) -> Result<(), EndpointError> {
+        let mut guard = self.session.lock().unwrap();
+        let Some(session) = guard.as_mut() else {
+            return Ok(());
+        };
+        if session.request.dry_run {
+            return Ok(());
+        }
+        if let Some(db) = session.db.as_mut() {
+            db.record_pending(pending, replace)?;
+        }
+        Ok(())
+    }
+
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
         let mut guard = self.session.lock().unwrap();
         let Some(session) = guard.as_mut() else {
@@ -808,6 +886,17 @@ impl Endpoint for LocalEndpoint {
         };
         if let Some(db) = session.db.as_mut() {
             db.apply_updates(updates)?;
+        }
+        if let Some(log) = session.log.as_ref().filter(|log| log.verbose()) {
+            for update in updates {
+                log.line(&match update {
+                    SnapshotUpdate::Upsert(entry) => {
+                        format!("synced {} {}", entry.kind.as_str(), entry.path)
+                    }
+                    SnapshotUpdate::Remove(path) => format!("removed {path}"),
+                    SnapshotUpdate::Move { from, to } => format!("moved {from} -> {to}"),
+                });
+            }
         }
         if let Some(sizes) = session.sizes.as_mut() {
             for update in updates {
@@ -837,9 +926,27 @@ impl Endpoint for LocalEndpoint {
             .map(SnapshotUpdate::Remove)
             .collect();
         db.apply_updates(&forgotten)?;
-        db.record_errors(&end.failures)?;
+        db.record_errors(&end.failures, end.complete && end.examined.is_none())?;
+        // A run that ran to its end leaves nothing pending: what it did not
+        // settle failed, and is an error now (its plan kept for `ls`).
+        if end.complete {
+            db.clear_pending()?;
+        }
         let failed: Vec<RelPath> = end.failures.iter().map(|(p, _)| p.clone()).collect();
         db.record_conflicts(&end.conflicts, &failed, end.examined.as_deref())?;
+        if let Some(log) = &session.log {
+            for (path, message) in &end.failures {
+                log.line(&format!("error {path}: {message}"));
+            }
+            for conflict in &end.conflicts {
+                log.line(&format!(
+                    "conflict {}: {} here, {} on the peer; left as it is on both sides",
+                    conflict.path, conflict.here, conflict.peer
+                ));
+            }
+            log.line(&run_end_line(end));
+            db.set_fact("log", &log.path().display().to_string())?;
+        }
         db.set_fact("direction", &session.request.direction)?;
         db.set_fact("filters", &session.filters_line)?;
         if let Some(peer) = &end.peer_root_id {
@@ -860,6 +967,28 @@ impl Endpoint for LocalEndpoint {
         )?;
         Ok(())
     }
+}
+
+/// The session log's line for the end of a run: how it ended, and its counts.
+fn run_end_line(end: &RunEnd) -> String {
+    let summary: serde_json::Value = serde_json::from_str(&end.summary).unwrap_or_default();
+    let count = |key: &str| summary[key].as_u64().unwrap_or(0);
+    format!(
+        "run {} (started {}): created {}, updated {}, deleted {}, renamed {}, copied {}, conflicts {}, errors {}; sent {} B, received {} B; {:.2}s; peer {}",
+        if end.complete { "complete" } else { "interrupted" },
+        end.started,
+        count("created"),
+        count("updated"),
+        count("deleted"),
+        count("renamed"),
+        count("copied"),
+        count("conflicts"),
+        count("errors"),
+        count("bytes_sent"),
+        count("bytes_received"),
+        summary["seconds"].as_f64().unwrap_or(0.0),
+        end.peer,
+    )
 }
 
 /// What the walk needs of the diff options.

@@ -33,6 +33,16 @@ pub enum Role {
     Both,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Target => "target",
+            Role::Both => "source and target",
+        }
+    }
+}
+
 /// What a session asks of an endpoint before it scans.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRequest {
@@ -42,6 +52,9 @@ pub struct SessionRequest {
     pub role: Role,
     pub reset: bool,
     pub dry_run: bool,
+    /// The session log: rotated at this size; per-file lines when verbose.
+    pub log_max: u64,
+    pub log_verbose: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +220,15 @@ pub trait Endpoint: Send + Sync {
         ops: &[(Op, Option<Xattrs>)],
         parallel: bool,
     ) -> Result<Vec<Result<Applied, OpFailure>>, EndpointError>;
+
+    /// Records what the run is about to change, before it changes
+    /// anything (each record goes once its path is settled, or the run
+    /// ends); with `replace`, an unfinished earlier run's records go first.
+    fn record_pending(
+        &self,
+        pending: &[crate::state::Pending],
+        replace: bool,
+    ) -> Result<(), EndpointError>;
 
     /// Writes snapshot rows, in one transaction.
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError>;

@@ -627,6 +627,21 @@ impl Endpoint for RemoteEndpoint {
         Ok(results)
     }
 
+    fn record_pending(
+        &self,
+        pending: &[crate::state::Pending],
+        replace: bool,
+    ) -> Result<(), EndpointError> {
+        if pending.is_empty() && !replace {
+            return Ok(());
+        }
+        let reply = self.conn.call(Body::RecordPending {
+            pending: pending.to_vec(),
+            replace,
+        })?;
+        expect_reply!(reply, Body::Done => ())
+    }
+
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
         if updates.is_empty() {
             return Ok(());

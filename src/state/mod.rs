@@ -16,8 +16,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::model::{Entry, Hash, Kind, Mtime, RelPath};
 
+mod records;
+pub use records::{PathRecord, PathState, Pending, PlannedOp, StateCounts};
+
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -355,21 +358,34 @@ impl SessionDb {
                 ));
             }
             conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(PENDING_TABLE)?;
         } else if version < SCHEMA_VERSION {
             migrate(conn, version)?;
         }
         conn.execute_batch(CONFLICTS_TABLE)
     }
 
-    /// Opens a session's database to read it (and record decisions), never
-    /// making one: `None` when there is none yet, or it is still being made.
-    pub fn open_existing(state_dir: &Path, session: &str) -> Result<Option<Self>, StateError> {
+    /// Opens a session's database to read it (`writable` to record
+    /// decisions too), never making one: `None` when there is none yet, it
+    /// is still being made, or it is of another schema version (the next
+    /// run migrates it, or says why it cannot). A reader never blocks a
+    /// running session (WAL mode), and never writes.
+    pub fn open_existing(
+        state_dir: &Path,
+        session: &str,
+        writable: bool,
+    ) -> Result<Option<Self>, StateError> {
         let path = Self::path_for(state_dir, session);
         let corrupt = |e: rusqlite::Error| StateError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
         };
-        let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        let flags = if writable {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn = match Connection::open_with_flags(&path, flags) {
             Ok(conn) => conn,
             Err(_) if !path.exists() => return Ok(None),
             Err(e) => return Err(corrupt(e)),
@@ -386,13 +402,22 @@ impl SessionDb {
             // Older or newer: the next run migrates it or says so.
             return Ok(None);
         }
-        conn.execute_batch(CONFLICTS_TABLE).map_err(corrupt)?;
         Ok(Some(SessionDb { conn, path }))
     }
 
     fn corrupt(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         move |e| StateError::Corrupt {
             path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// [`Self::corrupt`] that does not hold on to `self` (for use while a
+    /// transaction borrows the connection).
+    fn corrupt_owned(&self) -> impl Fn(rusqlite::Error) -> StateError {
+        let path = self.path.clone();
+        move |e| StateError::Corrupt {
+            path: path.clone(),
             detail: e.to_string(),
         }
     }
@@ -539,6 +564,16 @@ impl SessionDb {
         Ok(changed > 0)
     }
 
+    /// One fact of the session's `meta` table (`log`: where the log goes).
+    pub fn fact(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(self.corrupt())
+    }
+
     pub fn set_fact(&self, key: &str, value: &str) -> Result<(), StateError> {
         self.conn
             .execute(
@@ -602,7 +637,7 @@ impl SessionDb {
 
     /// Rows in a table of this database (`entries`, `errors`, `conflicts`).
     pub fn count(&self, table: &str) -> Result<u64, StateError> {
-        debug_assert!(["entries", "errors", "conflicts"].contains(&table));
+        debug_assert!(["entries", "errors", "conflicts", "pending"].contains(&table));
         self.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
                 row.get::<_, i64>(0)
@@ -743,16 +778,23 @@ impl SessionDb {
             let mut upsert = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO entries(path, kind, size, mtime_sec, mtime_nsec,
-                        mode, uid, gid, dev, ino, hash, link_target, xattr_hash, racy)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        mode, uid, gid, dev, ino, hash, link_target, xattr_hash, racy, since)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .map_err(&corrupt)?;
             let mut remove = tx
                 .prepare_cached("DELETE FROM entries WHERE path = ?1 OR (path > ?2 AND path < ?3)")
                 .map_err(&corrupt)?;
+            // A settled path is neither failed nor still to do.
             let mut errors_clear = tx
                 .prepare_cached("DELETE FROM errors WHERE path = ?1")
                 .map_err(&corrupt)?;
+            let mut pending_clear = tx
+                .prepare_cached("DELETE FROM pending WHERE path = ?1")
+                .map_err(&corrupt)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
             for update in updates {
                 match update {
                     SnapshotUpdate::Upsert(e) => {
@@ -772,9 +814,13 @@ impl SessionDb {
                                 e.link_target.as_deref(),
                                 e.xattr_hash.as_ref().map(|h| &h[..]),
                                 e.racy,
+                                now,
                             ])
                             .map_err(&corrupt)?;
                         errors_clear
+                            .execute([e.path.as_bytes()])
+                            .map_err(&corrupt)?;
+                        pending_clear
                             .execute([e.path.as_bytes()])
                             .map_err(&corrupt)?;
                     }
@@ -784,6 +830,7 @@ impl SessionDb {
                             .execute(params![path.as_bytes(), lo, hi])
                             .map_err(&corrupt)?;
                         errors_clear.execute([path.as_bytes()]).map_err(&corrupt)?;
+                        pending_clear.execute([path.as_bytes()]).map_err(&corrupt)?;
                     }
                     SnapshotUpdate::Move { from, to } => {
                         let (lo, hi) = subtree_bounds(from);
@@ -793,6 +840,9 @@ impl SessionDb {
                         remove
                             .execute(params![to.as_bytes(), to_lo, to_hi])
                             .map_err(&corrupt)?;
+                        for path in [from, to] {
+                            pending_clear.execute([path.as_bytes()]).map_err(&corrupt)?;
+                        }
                         tx.execute(
                             "UPDATE entries SET path = ?1 WHERE path = ?2",
                             params![to.as_bytes(), from.as_bytes()],
@@ -812,15 +862,38 @@ impl SessionDb {
         Ok(())
     }
 
-    /// Records that `path` failed, with the OS message; retried next run.
-    pub fn record_errors(&mut self, failures: &[(RelPath, String)]) -> Result<(), StateError> {
+    /// Records that these paths failed, each with the OS message; retried
+    /// next run. After a run that looked at the whole tree (`whole`), an
+    /// error it did not meet again is gone (the path was settled, removed
+    /// or excluded meanwhile).
+    pub fn record_errors(
+        &mut self,
+        failures: &[(RelPath, String)],
+        whole: bool,
+    ) -> Result<(), StateError> {
         let now = chrono_like_now();
-        let path = self.path.clone();
-        let corrupt = move |e: rusqlite::Error| StateError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        };
+        let corrupt = self.corrupt_owned();
         let tx = self.conn.transaction().map_err(&corrupt)?;
+        if whole {
+            tx.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS failed(path BLOB PRIMARY KEY)",
+                [],
+            )
+            .map_err(&corrupt)?;
+            tx.execute("DELETE FROM failed", []).map_err(&corrupt)?;
+            for (path, _) in failures {
+                tx.execute(
+                    "INSERT OR IGNORE INTO failed(path) VALUES (?1)",
+                    [path.as_bytes()],
+                )
+                .map_err(&corrupt)?;
+            }
+            tx.execute(
+                "DELETE FROM errors WHERE path NOT IN (SELECT path FROM failed)",
+                [],
+            )
+            .map_err(&corrupt)?;
+        }
         for (path, message) in failures {
             tx.execute(
                 "INSERT INTO errors(path, message, first_seen, last_seen, attempts)
@@ -936,6 +1009,10 @@ fn migrate(conn: &Connection, from: i64) -> Result<(), rusqlite::Error> {
     if from < 2 {
         steps.push_str("ALTER TABLE entries ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;");
     }
+    if from < 3 {
+        steps.push_str("ALTER TABLE entries ADD COLUMN since INTEGER;");
+        steps.push_str(PENDING_TABLE);
+    }
     steps.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION};"));
     conn.execute_batch(&steps)
 }
@@ -1000,7 +1077,8 @@ CREATE TABLE entries(
     hash BLOB,
     link_target BLOB,
     xattr_hash BLOB,
-    racy INTEGER NOT NULL DEFAULT 0
+    racy INTEGER NOT NULL DEFAULT 0,
+    since INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE errors(
     path BLOB PRIMARY KEY,
@@ -1016,7 +1094,18 @@ CREATE TABLE runs(
     result TEXT NOT NULL,
     summary TEXT NOT NULL
 );
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
+";
+
+/// Paths a run planned and has not settled yet (schema 3).
+const PENDING_TABLE: &str = "
+CREATE TABLE pending(
+    path BLOB PRIMARY KEY,
+    op TEXT NOT NULL,
+    kind INTEGER,
+    size INTEGER NOT NULL,
+    since TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The current time as an RFC 3339 UTC string, second precision.
@@ -1180,8 +1269,11 @@ mod tests {
         let path = SessionDb::path_for(dir.path(), "s");
         let conn = Connection::open(&path).unwrap();
         let v1 = SCHEMA
-            .replace(",\n    racy INTEGER NOT NULL DEFAULT 0", "")
-            .replace("PRAGMA user_version = 2;", "PRAGMA user_version = 1;");
+            .replace(
+                ",\n    racy INTEGER NOT NULL DEFAULT 0,\n    since INTEGER",
+                "",
+            )
+            .replace("PRAGMA user_version = 3;", "PRAGMA user_version = 1;");
         conn.execute_batch(&v1).unwrap();
         conn.execute(
             "INSERT INTO entries VALUES (x'61', 0, 1, 2, 3, 420, 0, 0, 1, 2, NULL, NULL, NULL)",
