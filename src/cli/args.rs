@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use snapsync::scan::LinkMode;
 
@@ -25,6 +25,41 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The whole command line: the derived definition, with every option of
+/// `push` (but its roots and `--session`) copied onto `run`, which passes
+/// them on to the sessions it runs. Copied, not restated, so an option
+/// added to [`SyncArgs`] is at once a `run` option and a config file key.
+pub fn command() -> clap::Command {
+    let cli = Cli::command();
+    let options: Vec<clap::Arg> = sync_options(&cli)
+        .map(|arg| {
+            arg.clone()
+                .help_heading("Session options (replace the file's)")
+        })
+        .collect();
+    cli.mut_subcommand("run", |run| run.args(options))
+}
+
+/// The `push` subcommand's definition (push, pull and bidi share it).
+pub fn push_command(cli: &clap::Command) -> &clap::Command {
+    cli.find_subcommand("push").expect("push is a subcommand")
+}
+
+/// The options of push / pull / bidi that a config file may set: all but
+/// the roots (the file's `local` and `remote`) and `--session` (the
+/// table's name).
+pub fn sync_options(cli: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    push_command(cli).get_arguments().filter(|arg| {
+        !arg.is_positional()
+            && arg.get_long().is_some()
+            && arg.get_id() != "session"
+            && !matches!(
+                arg.get_action(),
+                ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+            )
+    })
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Make REMOTE a replica of LOCAL (LOCAL -> REMOTE)
@@ -41,6 +76,12 @@ pub enum Command {
     Resolve(ResolveArgs),
     /// Per-path records under PATH: synced, pending, error or conflict
     Ls(LsArgs),
+    /// Run sessions defined in the config file, several at once
+    #[command(
+        after_help = RUN_EXAMPLE,
+        override_usage = "snapsync run [--config FILE] [OPTIONS] <NAME>...\n       snapsync run [--config FILE] [OPTIONS] --all"
+    )]
+    Run(RunArgs),
     /// The far end: speaks the protocol on stdin/stdout (started through --rsh)
     Serve,
 }
@@ -249,6 +290,33 @@ pub struct ResolveArgs {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub root: RootArgs,
+}
+
+const RUN_EXAMPLE: &str = "\
+The config file holds one table per session, named as the session:
+
+  [site]
+  direction = \"push\"            # push, pull or bidi
+  local = \"/srv/site\"           # relative to the file's directory; ~/ is home
+  remote = \"web1:/srv/site\"
+  exclude = [\"*.tmp\", \"cache/\"]  # any long option, spelled as on the command line
+  no-delete = true
+  rsh = \"ssh -p 2222\"
+
+An option given on the command line replaces the file's value for that key.";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The config file [default: $XDG_CONFIG_HOME/snapsync/config.toml, else
+    /// ~/.config/snapsync/config.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run every session the file defines
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Sessions to run: names of tables in the config file
+    #[arg(value_name = "NAME", required_unless_present = "all")]
+    pub names: Vec<String>,
 }
 
 /// A size: bytes, or a number with `K`, `M` or `G` (powers of 1024; a

@@ -14,14 +14,16 @@ macro_rules! say {
 }
 
 mod args;
+mod config;
 mod inspect;
 mod output;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 
 use args::{Cli, Command, SyncArgs};
 use snapsync::changes::DiffOptions;
@@ -39,6 +41,7 @@ pub const EXIT_CONFLICTS: i32 = 4;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A failure before or instead of a run, with its exit code.
+#[derive(Clone)]
 pub struct Failure {
     code: i32,
     message: String,
@@ -61,7 +64,7 @@ impl Failure {
 }
 
 pub fn main() -> i32 {
-    let matches = match Cli::command().try_get_matches() {
+    let matches = match args::command().try_get_matches() {
         Ok(matches) => matches,
         Err(e) => {
             let _ = e.print();
@@ -75,31 +78,33 @@ pub fn main() -> i32 {
             return EXIT_USAGE;
         }
     };
-    let result = match cli.command {
-        Command::Push(args) => {
-            let sub = matches.subcommand_matches("push").expect("push matched");
-            sync(Direction::Push, &args, sub)
-        }
-        Command::Pull(args) => {
-            let sub = matches.subcommand_matches("pull").expect("pull matched");
-            sync(Direction::Pull, &args, sub)
-        }
-        Command::Bidi(args) => {
-            let sub = matches.subcommand_matches("bidi").expect("bidi matched");
-            sync(Direction::Bidi, &args, sub)
-        }
-        Command::Status(args) => inspect::status(&args),
-        Command::Conflicts(args) => inspect::conflicts(&args),
-        Command::Resolve(args) => inspect::resolve(&args),
-        Command::Ls(args) => inspect::ls(&args),
-        Command::Serve => serve(),
-    };
-    match result {
+    match execute(cli, &matches) {
         Ok(code) => code,
         Err(failure) => {
             eprintln!("snapsync: error: {}", failure.message);
             failure.code
         }
+    }
+}
+
+/// Runs the command `matches` holds (`run` comes back here with each
+/// session's own command line).
+fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<i32, Failure> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .expect("the subcommand matched")
+    };
+    match cli.command {
+        Command::Push(args) => sync(Direction::Push, &args, sub("push")),
+        Command::Pull(args) => sync(Direction::Pull, &args, sub("pull")),
+        Command::Bidi(args) => sync(Direction::Bidi, &args, sub("bidi")),
+        Command::Status(args) => inspect::status(&args),
+        Command::Conflicts(args) => inspect::conflicts(&args),
+        Command::Resolve(args) => inspect::resolve(&args),
+        Command::Ls(args) => inspect::ls(&args),
+        Command::Run(args) => run::run(&args, sub("run")),
+        Command::Serve => serve(),
     }
 }
 
@@ -109,12 +114,18 @@ fn serve() -> Result<i32, Failure> {
         .map_err(|e| Failure::error(format!("serve: {e}")))
 }
 
-fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Result<i32, Failure> {
+/// What a run's options cannot say together, beyond what clap checks.
+fn check_sync_args(direction: Direction, args: &SyncArgs) -> Result<(), Failure> {
     if direction == Direction::Bidi && (args.newer || args.no_delete) {
         return Err(Failure::usage(
             "--newer and --no-delete apply to push and pull only; bidi carries every change both ways and turns competing ones into conflicts",
         ));
     }
+    Ok(())
+}
+
+fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Result<i32, Failure> {
+    check_sync_args(direction, args)?;
     let filters = filters_in_order(matches)?;
     let local = absolute(&args.local)?;
     let remote_spec = RemoteSpec::parse(&args.remote);
