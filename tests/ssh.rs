@@ -665,3 +665,60 @@ fn continuous_push_over_ssh() {
     assert_eq!(status.code(), Some(0));
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn each_root_keeps_its_records_and_log_over_ssh() {
+    let sshd = Sshd::start();
+    let (tmp, local, _) = roots();
+    let remote = tmp.path().join("far");
+    write(&local, "a.txt", b"a");
+    write(&local, "sub/b.txt", b"bb");
+    let out = sshd.snapsync("push", &local, &remote, &["-N", "recs", "-v"]);
+    assert_code(&out, 0);
+
+    // `ls` and `status` on the far host, in its own root.
+    let out = Command::new(bin())
+        .args(["ls", "--json"])
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(&str, &str)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("a.txt", "synced"),
+            ("sub", "synced"),
+            ("sub/b.txt", "synced")
+        ]
+    );
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .arg(&remote)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status[0]["counts"]["synced"], 3, "{status}");
+    let far_log = remote.join(".snapsync/logs/recs.log");
+    assert_eq!(status[0]["logs"], far_log.display().to_string());
+
+    // The far end logged the run into its own state dir, per file with -v;
+    // the near end into its own.
+    let far = fs::read_to_string(&far_log).unwrap();
+    assert!(
+        far.contains("is the target") && far.contains("synced file sub/b.txt"),
+        "{far}"
+    );
+    assert!(far.contains("run complete"), "{far}");
+    let near = fs::read_to_string(local.join(".snapsync/logs/recs.log")).unwrap();
+    assert!(
+        near.contains("is the source") && near.contains("run complete"),
+        "{near}"
+    );
+}
