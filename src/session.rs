@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::apply::Xattrs;
+use crate::apply::{ApplyError, Xattrs};
 use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
 use crate::changes::DiffOptions;
 use crate::changes::{ChangeKind, ChangeSet};
@@ -1055,6 +1055,22 @@ pub fn conflict_copy_name(path: &RelPath, peer_root_id: &str, decided: &str) -> 
     path.parent()?.join(&new_name).ok()
 }
 
+/// For a directory deleted whole whose top the target kept (it still holds
+/// entries the session does not sync), the number of paths that went: the
+/// target removes the row of each, and the top's only when all went.
+fn kept_tree(op: &Op, applied: &Applied) -> Option<u64> {
+    let Op::DeleteTree { entry, .. } = op else {
+        return None;
+    };
+    let removed = |path: &RelPath| {
+        applied
+            .updates
+            .iter()
+            .any(|u| matches!(u, SnapshotUpdate::Remove(p) if p == path))
+    };
+    (!removed(&entry.path)).then_some(applied.updates.len() as u64)
+}
+
 fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
     let (a_out, a_in) = a.wire_bytes();
     let (b_out, b_in) = b.wire_bytes();
@@ -1259,7 +1275,10 @@ impl Run<'_> {
         for ((item, op), result) in ready.into_iter().zip(results) {
             match result {
                 Ok(_) if matches!(op, Op::Mkdir { .. }) => outcome.created_dirs.push(item),
-                Ok(applied) => self.settle(item, applied),
+                Ok(applied) => match kept_tree(&op, &applied) {
+                    Some(went) => self.settle_kept(item, went),
+                    None => self.settle(item, applied),
+                },
                 Err(failure) if failure.stale => {
                     // The content it meant to reuse changed: send it instead.
                     let leftover = match &item.op {
@@ -1268,17 +1287,7 @@ impl Run<'_> {
                     };
                     outcome.stale.push((item, leftover));
                 }
-                Err(failure) if failure.warning_only => {
-                    self.observer.warning(&failure.message);
-                    // The source's side is settled; the target keeps the path.
-                    self.settle(
-                        item,
-                        Applied {
-                            updates: Vec::new(),
-                            bytes: 0,
-                        },
-                    );
-                }
+                Err(failure) if failure.warning_only => self.settle_kept(item, 0),
                 Err(failure) => {
                     if matches!(item.op, Op::Rename { .. } | Op::Mkdir { .. }) {
                         self.failed_prefixes.lock().unwrap().push(item.path.clone());
@@ -1462,6 +1471,24 @@ impl Run<'_> {
         self.observer.done(item, applied.bytes, self.toward);
     }
 
+    /// Settles a directory delete the target carried out only in part: the
+    /// directory still holds entries this session does not sync, so it was
+    /// kept (with every directory above such an entry), and `went` paths
+    /// under it were deleted. The source's side is settled. On the target,
+    /// the rows of what went and of what stayed leave the snapshot: what
+    /// stayed is a kept difference, judged again next run (once its entries
+    /// are included again, it goes with them).
+    fn settle_kept(&self, item: &Item, went: u64) {
+        self.observer
+            .warning(&ApplyError::NotEmpty(item.path.clone()).to_string());
+        self.queue(
+            vec![SnapshotUpdate::Remove(item.path.clone())],
+            item.source_update.clone(),
+        );
+        self.counts.lock().unwrap().deleted += went;
+        self.observer.done(item, 0, self.toward);
+    }
+
     fn queue(&self, target: Vec<SnapshotUpdate>, source: Option<SnapshotUpdate>) {
         let due = {
             let mut pending = self.pending.lock().unwrap();
@@ -1524,6 +1551,30 @@ mod tests {
         assert_eq!(local, remote);
         assert_eq!(local.paths, vec![p("a"), p("b"), p("c")]);
         assert_eq!(local.trees, vec![p("new")]);
+    }
+
+    #[test]
+    fn a_tree_delete_is_kept_when_its_top_stays() {
+        let top = Entry::bare(p("gone"), Kind::Dir);
+        let op = Op::DeleteTree {
+            entry: top.clone(),
+            within: vec![
+                Entry::bare(p("gone/a"), Kind::File),
+                Entry::bare(p("gone/sub"), Kind::Dir),
+            ],
+        };
+        let applied = |removed: &[&str]| Applied {
+            updates: removed
+                .iter()
+                .map(|path| SnapshotUpdate::Remove(p(path)))
+                .collect(),
+            bytes: 0,
+        };
+        assert_eq!(kept_tree(&op, &applied(&["gone"])), None);
+        assert_eq!(kept_tree(&op, &applied(&["gone/a"])), Some(1));
+        assert_eq!(kept_tree(&op, &applied(&[])), Some(0));
+        let plain = Op::Delete { entry: top };
+        assert_eq!(kept_tree(&plain, &applied(&[])), None);
     }
 
     #[test]

@@ -232,17 +232,29 @@ impl LocalEndpoint {
                 })
             }
             Op::DeleteTree { entry, within } => {
-                // Deepest first; a path already gone is fine; the first
-                // that cannot go ends it (the rest stays for the next run).
-                let mut order: Vec<&Entry> = within.iter().collect();
+                // Deepest first; a path already gone is fine. A directory
+                // that still holds entries the session does not sync stays
+                // (and so does every directory above it), but the rest of
+                // the tree still goes: the source's rows are settled either
+                // way, so a sibling left here would never be looked at
+                // again. Any other failure ends it (the rest stays for the
+                // next run). Each path that went leaves the snapshot; when
+                // the whole tree went, its one row removal covers them all.
+                let mut order: Vec<&Entry> = within.iter().chain([entry]).collect();
                 order.sort_by_key(|e| std::cmp::Reverse(e.path.depth()));
+                let mut updates = Vec::new();
                 for inner in order {
-                    tree.delete(inner)
-                        .map_err(|e| Self::failure(&inner.path, e))?;
+                    match tree.delete(inner) {
+                        Ok(()) => updates.push(SnapshotUpdate::Remove(inner.path.clone())),
+                        Err(ApplyError::NotEmpty(_)) => {}
+                        Err(e) => return Err(Self::failure(&inner.path, e)),
+                    }
                 }
-                tree.delete(entry)
-                    .map(|()| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
-                    .map_err(|e| Self::failure(&entry.path, e))
+                if matches!(updates.last(), Some(SnapshotUpdate::Remove(top)) if top == &entry.path)
+                {
+                    updates = vec![SnapshotUpdate::Remove(entry.path.clone())];
+                }
+                Ok(Applied { updates, bytes: 0 })
             }
             Op::Delete { entry } => tree
                 .delete(entry)
@@ -1124,5 +1136,106 @@ impl LocalWriter<'_> {
 impl Drop for LocalEndpoint {
     fn drop(&mut self) {
         self.unwatch.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes()).unwrap()
+    }
+
+    fn write(root: &Path, rel: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, rel).unwrap();
+    }
+
+    fn delete_tree(root: &Path, top: &str, within: &[(&str, Kind)]) -> Result<Applied, OpFailure> {
+        let endpoint = LocalEndpoint::new(root.to_path_buf(), None, Preserve::default());
+        let op = Op::DeleteTree {
+            entry: Entry::bare(p(top), Kind::Dir),
+            within: within
+                .iter()
+                .map(|(path, kind)| Entry::bare(p(path), *kind))
+                .collect(),
+        };
+        let mut results = endpoint.apply(&[(op, None)], false).unwrap();
+        results.pop().unwrap()
+    }
+
+    fn removed(applied: &Applied) -> Vec<String> {
+        applied
+            .updates
+            .iter()
+            .map(|u| match u {
+                SnapshotUpdate::Remove(path) => path.to_string(),
+                other => panic!("only removals: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_delete_goes_whole_with_one_row_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "gone/a");
+        write(root, "gone/sub/b");
+        let applied = delete_tree(
+            root,
+            "gone",
+            &[
+                ("gone/a", Kind::File),
+                ("gone/sub", Kind::Dir),
+                ("gone/sub/b", Kind::File),
+            ],
+        )
+        .unwrap();
+        assert_eq!(removed(&applied), ["gone"]);
+        assert!(!root.join("gone").exists());
+    }
+
+    #[test]
+    fn a_tree_delete_keeps_only_the_directories_that_hold_excluded_entries() {
+        // `gone/sub/x.log` is not the session's: `gone/sub` and `gone`
+        // stay for it, and everything else in the tree still goes.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in [
+            "gone/a",
+            "gone/sub/b",
+            "gone/sub/x.log",
+            "gone/z",
+            "gone/other/c",
+        ] {
+            write(root, path);
+        }
+        let within = [
+            ("gone/a", Kind::File),
+            ("gone/other", Kind::Dir),
+            ("gone/other/c", Kind::File),
+            ("gone/sub", Kind::Dir),
+            ("gone/sub/b", Kind::File),
+            ("gone/z", Kind::File),
+        ];
+        let applied = delete_tree(root, "gone", &within).unwrap();
+        let mut went = removed(&applied);
+        went.sort();
+        assert_eq!(
+            went,
+            [
+                "gone/a",
+                "gone/other",
+                "gone/other/c",
+                "gone/sub/b",
+                "gone/z"
+            ]
+        );
+        assert!(root.join("gone/sub/x.log").exists());
+        for path in ["gone/a", "gone/other", "gone/sub/b", "gone/z"] {
+            assert!(!root.join(path).exists(), "{path}");
+        }
     }
 }
