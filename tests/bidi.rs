@@ -465,6 +465,23 @@ fn killed_runs_lose_no_edit_and_make_no_false_conflict() {
                 }
             });
             kills += killed as u32;
+            // The far end of a killed near end goes once it has finished
+            // what it was doing and found its input closed; a run started
+            // before then is refused as a second run of the session.
+            if let Some(far) = fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                let gone = Instant::now() + Duration::from_secs(30);
+                // (Gone: no such process, or a zombie nobody reaped yet.)
+                let alive = || {
+                    fs::read_to_string(format!("/proc/{far}/stat"))
+                        .is_ok_and(|stat| !stat.contains(") Z "))
+                };
+                while alive() && Instant::now() < gone {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             // Edits made between the killed run and the next.
             write(
                 &a,
