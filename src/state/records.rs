@@ -270,70 +270,50 @@ impl SessionDb {
         let bind = params![whole, path.as_bytes(), lo, hi];
         let corrupt = self.corrupt();
         let mut marks: BTreeMap<Vec<u8>, Marks> = BTreeMap::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare(&format!(
-                    "SELECT path, op, kind, size, since FROM pending WHERE {range}"
-                ))
-                .map_err(&corrupt)?;
+        let each_row = |sql: &str,
+                        f: &mut dyn FnMut(&rusqlite::Row) -> rusqlite::Result<()>|
+         -> Result<(), StateError> {
+            let mut stmt = self.conn.prepare(sql).map_err(&corrupt)?;
             let mut rows = stmt.query(bind).map_err(&corrupt)?;
             while let Some(row) = rows.next().map_err(&corrupt)? {
-                let op: String = row.get(1).map_err(&corrupt)?;
-                let op = PlannedOp::parse(&op).ok_or_else(|| self.bad_row("pending", &op))?;
-                let kind = row
-                    .get::<_, Option<i64>>(2)
-                    .map_err(&corrupt)?
-                    .and_then(Kind::from_code);
-                marks
-                    .entry(row.get(0).map_err(&corrupt)?)
-                    .or_default()
-                    .pending = Some((
-                    op,
-                    kind,
-                    row.get::<_, i64>(3).map_err(&corrupt)? as u64,
-                    row.get(4).map_err(&corrupt)?,
-                ));
+                f(row).map_err(&corrupt)?;
             }
-        }
-        {
-            let mut stmt = self
-                .conn
-                .prepare(&format!(
-                    "SELECT path, message, first_seen, attempts FROM errors WHERE {range}"
-                ))
-                .map_err(&corrupt)?;
-            let mut rows = stmt.query(bind).map_err(&corrupt)?;
-            while let Some(row) = rows.next().map_err(&corrupt)? {
-                marks
-                    .entry(row.get(0).map_err(&corrupt)?)
-                    .or_default()
-                    .error = Some((
-                    row.get(1).map_err(&corrupt)?,
-                    row.get(2).map_err(&corrupt)?,
-                    row.get::<_, i64>(3).map_err(&corrupt)? as u64,
-                ));
-            }
-        }
-        {
-            let mut stmt = self
-                .conn
-                .prepare(&format!(
-                    "SELECT path, here, peer, detected FROM conflicts WHERE {range}"
-                ))
-                .map_err(&corrupt)?;
-            let mut rows = stmt.query(bind).map_err(&corrupt)?;
-            while let Some(row) = rows.next().map_err(&corrupt)? {
-                marks
-                    .entry(row.get(0).map_err(&corrupt)?)
-                    .or_default()
-                    .conflict = Some((
-                    row.get(1).map_err(&corrupt)?,
-                    row.get(2).map_err(&corrupt)?,
-                    row.get(3).map_err(&corrupt)?,
-                ));
-            }
-        }
+            Ok(())
+        };
+        each_row(
+            &format!("SELECT path, op, kind, size, since FROM pending WHERE {range}"),
+            &mut |row| {
+                let op: String = row.get(1)?;
+                let op = PlannedOp::parse(&op).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        format!("unknown planned operation `{op}`").into(),
+                    )
+                })?;
+                let kind = row.get::<_, Option<i64>>(2)?.and_then(Kind::from_code);
+                let size = row.get::<_, i64>(3)? as u64;
+                marks.entry(row.get(0)?).or_default().pending = Some((op, kind, size, row.get(4)?));
+                Ok(())
+            },
+        )?;
+        each_row(
+            &format!("SELECT path, message, first_seen, attempts FROM errors WHERE {range}"),
+            &mut |row| {
+                let attempts = row.get::<_, i64>(3)? as u64;
+                marks.entry(row.get(0)?).or_default().error =
+                    Some((row.get(1)?, row.get(2)?, attempts));
+                Ok(())
+            },
+        )?;
+        each_row(
+            &format!("SELECT path, here, peer, detected FROM conflicts WHERE {range}"),
+            &mut |row| {
+                marks.entry(row.get(0)?).or_default().conflict =
+                    Some((row.get(1)?, row.get(2)?, row.get(3)?));
+                Ok(())
+            },
+        )?;
 
         let mut marked = marks.into_iter().peekable();
         let mut stmt = self
