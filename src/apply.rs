@@ -6,6 +6,10 @@
 //! target. A file is written under a temporary name in its target
 //! directory, given its metadata, verified, and only then renamed into place,
 //! so no partial file ever appears under a real name.
+//!
+//! With a backup (`--backup-dir`), nothing is discarded: a deleted file or
+//! link moves into the run's backup directory, and one about to be replaced
+//! is linked (or copied) there before the new version is renamed over it.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -14,10 +18,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use filetime::FileTime;
 
+use crate::backup::{self, BackupDir, RunBackup};
 use crate::filter::TEMP_PREFIX;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::scan::entry_from_metadata;
@@ -41,6 +46,13 @@ pub enum ApplyError {
     /// Content the plan meant to reuse is no longer what the plan expected.
     #[error("{0} is no longer what the plan expected")]
     Stale(RelPath),
+    /// The old version could not be put in the backup; it was left as it was.
+    #[error("cannot back up {path} into {dir}: {source}; it was left as it was")]
+    Backup {
+        path: RelPath,
+        dir: String,
+        source: io::Error,
+    },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> ApplyError {
@@ -55,6 +67,8 @@ pub struct LocalTree {
     /// Directories checked to be real directories (not links) this run.
     checked_dirs: Mutex<HashSet<RelPath>>,
     temp_counter: AtomicU64,
+    /// This run's backup (`--backup-dir`), if any.
+    backup: RwLock<Option<Arc<RunBackup>>>,
 }
 
 impl LocalTree {
@@ -64,7 +78,115 @@ impl LocalTree {
             preserve,
             checked_dirs: Mutex::new(HashSet::new()),
             temp_counter: AtomicU64::new(0),
+            backup: RwLock::new(None),
         }
+    }
+
+    /// Where what this run deletes or replaces goes (`None`: discarded).
+    pub fn set_backup(&self, backup: Option<RunBackup>) {
+        *self.backup.write().unwrap() = backup.map(Arc::new);
+    }
+
+    /// True when deletes and replacements go to a backup.
+    pub fn backs_up(&self) -> bool {
+        self.backup.read().unwrap().is_some()
+    }
+
+    /// Where the old version of `path` goes in this run's backup, with the
+    /// directories above it made (the run's directory first, the first
+    /// time); a free name, never an earlier backup. `None` without a backup.
+    fn backup_path(&self, path: &RelPath) -> Result<Option<PathBuf>, ApplyError> {
+        let Some(run) = self.backup.read().unwrap().clone() else {
+            return Ok(None);
+        };
+        let failed = |source: io::Error| ApplyError::Backup {
+            path: path.clone(),
+            dir: match &run.dir {
+                BackupDir::InRoot(dir) => dir.to_string(),
+                BackupDir::Elsewhere(dir) => dir.display().to_string(),
+            },
+            source,
+        };
+        let dest = match &run.dir {
+            BackupDir::InRoot(dir) => {
+                // Inside the root: checked like every write, never through a link.
+                let name = run
+                    .run_dir_name(|name| {
+                        let rel = backup::in_root(dir, name, &RelPath::root());
+                        let abs = self
+                            .safe_path(&rel, true)
+                            .map_err(|e| io::Error::other(e.to_string()))?;
+                        fs::DirBuilder::new().mode(0o700).create(abs)
+                    })
+                    .map_err(failed)?;
+                self.safe_path(&backup::in_root(dir, &name, path), true)
+                    .map_err(|e| failed(io::Error::other(e.to_string())))?
+            }
+            BackupDir::Elsewhere(dir) => {
+                let name = run
+                    .run_dir_name(|name| {
+                        fs::DirBuilder::new().recursive(true).create(dir)?;
+                        fs::DirBuilder::new().mode(0o700).create(dir.join(name))
+                    })
+                    .map_err(failed)?;
+                let dest = backup::elsewhere(dir, &name, path);
+                if let Some(parent) = dest.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(failed)?;
+                }
+                dest
+            }
+        };
+        Ok(Some(backup::free_name(dest)))
+    }
+
+    /// Moves `path` (a file, link or whole directory) into the backup.
+    /// False without a backup (nothing was done).
+    pub fn move_to_backup(&self, path: &RelPath) -> Result<bool, ApplyError> {
+        let abs = self.safe_path(path, false)?;
+        let Some(dest) = self.backup_path(path)? else {
+            return Ok(false);
+        };
+        match backup::move_to(&abs, &dest) {
+            // Gone meanwhile: nothing left to keep.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ApplyError::Backup {
+                    path: path.clone(),
+                    dir: dest.display().to_string(),
+                    source,
+                })
+            }
+            Ok(()) => {}
+        }
+        self.forget_checked(path);
+        Ok(true)
+    }
+
+    /// Before `path` is replaced: its old version (a file or link; a
+    /// directory is never replaced, it is deleted first) is linked or copied
+    /// into the backup, so it stays where it is until the new version is
+    /// renamed over it, and no moment passes without either. Where neither
+    /// works it is moved there: a run killed before the new version is in
+    /// place then leaves the real name missing, which the next run fills.
+    fn keep_replaced(&self, abs: &Path, path: &RelPath) -> Result<(), ApplyError> {
+        match fs::symlink_metadata(abs) {
+            Ok(meta) if !meta.is_dir() => {}
+            _ => return Ok(()),
+        }
+        let Some(dest) = self.backup_path(path)? else {
+            return Ok(());
+        };
+        backup::keep_beside(abs, &dest)
+            .or_else(|_| backup::move_to(abs, &dest))
+            .map_err(|source| ApplyError::Backup {
+                path: path.clone(),
+                dir: dest.display().to_string(),
+                source,
+            })
     }
 
     pub fn root(&self) -> &Path {
@@ -278,13 +400,15 @@ impl LocalTree {
     pub fn rename(&self, from: &RelPath, to: &RelPath) -> Result<(), ApplyError> {
         let src = self.safe_path(from, false)?;
         let dst = self.safe_path(to, true)?;
+        self.keep_replaced(&dst, to)?;
         fs::rename(&src, &dst).map_err(io_error(format!("cannot rename {from} to {to}")))?;
         self.forget_checked(from);
         self.forget_checked(to);
         Ok(())
     }
 
-    /// Deletes a file, link or empty directory. Gone already is success.
+    /// Deletes a file, link or empty directory (a file or link goes into
+    /// the backup, when there is one). Gone already is success.
     pub fn delete(&self, entry: &Entry) -> Result<(), ApplyError> {
         let abs = self.safe_path(&entry.path, false)?;
         let meta = match fs::symlink_metadata(&abs) {
@@ -292,6 +416,9 @@ impl LocalTree {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_error(format!("cannot delete {}", entry.path))(e)),
         };
+        if !meta.is_dir() && self.move_to_backup(&entry.path)? {
+            return Ok(());
+        }
         let result = if meta.is_dir() {
             self.forget_checked(&entry.path);
             fs::remove_dir(&abs)
@@ -360,6 +487,7 @@ impl LocalTree {
 
     fn place(&self, tmp: &Path, path: &RelPath) -> Result<(), ApplyError> {
         let dest = path.under(&self.root);
+        self.keep_replaced(&dest, path)?;
         fs::rename(tmp, &dest).map_err(io_error(format!("cannot move {path} into place")))
     }
 

@@ -8,6 +8,7 @@
 //! and chooses exit codes.
 
 pub mod apply;
+pub mod backup;
 pub mod bidi;
 pub mod changes;
 pub mod delta;

@@ -152,6 +152,12 @@ pub enum Body {
         trees: Vec<RelPath>,
         options: DiffOptions,
     },
+    /// `--remove-source-files`: the far end is the source; remove these
+    /// files, whose copies the target confirmed, if each is still the
+    /// version sent (answered with [`Body::Removed`]).
+    RemoveSentFiles(Vec<Entry>),
+    /// One result per file asked: removed, or why it was kept.
+    Removed(Vec<Result<(), String>>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +322,11 @@ mod tests {
             trees: vec![RelPath::new(b"c").unwrap()],
             options: DiffOptions::default(),
         });
+        round_trip(Body::RemoveSentFiles(vec![Entry::bare(
+            RelPath::new(b"a/b").unwrap(),
+            crate::model::Kind::File,
+        )]));
+        round_trip(Body::Removed(vec![Ok(()), Err("changed".into())]));
     }
 
     #[test]

@@ -169,6 +169,11 @@ fn serve_session(
             ),
             Body::Finish(end) => Some(endpoint.finish(&end).map_or_else(failed, |()| Body::Done)),
             Body::Decisions => Some(endpoint.decisions().map_or_else(failed, Body::DecisionList)),
+            Body::RemoveSentFiles(entries) => Some(
+                endpoint
+                    .remove_sent_files(&entries)
+                    .map_or_else(failed, Body::Removed),
+            ),
             Body::Watch(timing) => {
                 // Answered at once (done, or why the root cannot be
                 // watched); reports follow, tagged with this call, from the

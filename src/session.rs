@@ -59,6 +59,12 @@ pub struct SyncOptions {
     /// Each side's session log: rotated at this size; per-file lines when verbose.
     pub log_max: u64,
     pub log_verbose: bool,
+    /// `--backup-dir`, as given: each root that receives keeps what a run
+    /// deletes or replaces there (relative to it, or absolute on its host).
+    pub backup_dir: Option<String>,
+    /// `--remove-source-files` (push and pull): the source removes each
+    /// file whose copy the target confirmed in this run.
+    pub remove_source_files: bool,
 }
 
 /// What one cycle scans on each side: everything, or (in continuous mode)
@@ -135,6 +141,9 @@ pub struct Summary {
     /// not only file data); zero between local roots.
     pub wire_sent: u64,
     pub wire_received: u64,
+    /// Files the source removed once their copies were confirmed
+    /// (`--remove-source-files`).
+    pub source_removed: u64,
 }
 
 pub struct Outcome {
@@ -194,6 +203,8 @@ fn open_pair(
         dry_run: options.dry_run,
         log_max: options.log_max,
         log_verbose: options.log_verbose,
+        backup_dir: options.backup_dir.clone(),
+        remove_source_files: options.remove_source_files,
     };
     // The source opens first: a missing source is the error to report.
     let (local_facts, remote_facts) = if options.direction == Direction::Pull {
@@ -565,6 +576,7 @@ pub fn replica_cycle(
     failures.extend(done.failures);
     failures.sort_by(|a, b| a.0.cmp(&b.0));
     let mut summary = summary_from(done.counts, done.bytes, options.direction, &failures);
+    summary.source_removed = done.source_removed;
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
     (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
@@ -696,6 +708,7 @@ fn refuse_loops(
 struct Carried {
     counts: PlanCounts,
     bytes: u64,
+    source_removed: u64,
     failures: Vec<(RelPath, String)>,
     fatal: Option<EndpointError>,
     interrupted: bool,
@@ -721,6 +734,8 @@ fn carry_out(
         stop,
         toward,
         xattrs: options.diff.preserve.xattrs,
+        remove_source: options.remove_source_files && options.direction != Direction::Bidi,
+        source_removed: AtomicU64::new(0),
         target_now,
         pending: Mutex::new(Pending::default()),
         counts: Mutex::new(PlanCounts::default()),
@@ -737,6 +752,7 @@ fn carry_out(
     Carried {
         counts,
         bytes: run.bytes.load(Ordering::SeqCst),
+        source_removed: run.source_removed.load(Ordering::SeqCst),
         interrupted: run.interrupted.load(Ordering::SeqCst),
         failures: run.failures.into_inner().unwrap(),
         fatal,
@@ -1071,6 +1087,65 @@ fn kept_tree(op: &Op, applied: &Applied) -> Option<u64> {
     (!removed(&entry.path)).then_some(applied.updates.len() as u64)
 }
 
+/// What `--remove-source-files` may do with the source's copy of a
+/// settled item.
+enum SourceCopy {
+    /// The target checked what it wrote against the source's content hash
+    /// (a sent or locally copied file), or made the same link.
+    Confirmed(Entry),
+    /// The target held the content already (equal, adopted, or moved
+    /// there): the content hashes of both sides are compared first.
+    ToVerify(Entry),
+}
+
+/// The source's file (or link) behind a settled item, if the target now
+/// holds it; directories and deletions never.
+fn source_copy(item: &Item, applied: &Applied) -> Option<SourceCopy> {
+    let recorded = || match &item.source_update {
+        Some(SnapshotUpdate::Upsert(entry)) => Some(entry.clone()),
+        _ => None,
+    };
+    let copy = match &item.op {
+        Op::Transfer { entry } | Op::LocalCopy { entry, .. } => {
+            // With the hash the target checked: a source file written just
+            // before the run is read again before it goes.
+            let mut entry = entry.clone();
+            entry.hash = applied.updates.iter().find_map(|update| match update {
+                SnapshotUpdate::Upsert(e) if e.path == entry.path => e.hash,
+                _ => None,
+            });
+            SourceCopy::Confirmed(entry)
+        }
+        Op::Symlink { entry } => {
+            let made = applied.updates.iter().any(|update| {
+                matches!(update, SnapshotUpdate::Upsert(e)
+                    if e.path == entry.path && e.kind == Kind::Symlink && e.link_target == entry.link_target)
+            });
+            if !made {
+                return None;
+            }
+            SourceCopy::Confirmed(entry.clone())
+        }
+        Op::RenameContent { entry, .. } | Op::SetMeta { entry, .. } => {
+            SourceCopy::ToVerify(entry.clone())
+        }
+        // Not while the target's row is racy: its next scan re-reads the
+        // file, which would make it a change on the target, and a path the
+        // source no longer holds would then be deleted by a plain run. The
+        // next run, which records it afresh, removes the source's copy.
+        Op::Record if matches!(&item.target_update, Some(SnapshotUpdate::Upsert(e)) if e.racy) => {
+            return None
+        }
+        Op::Record => SourceCopy::ToVerify(recorded()?),
+        _ => return None,
+    };
+    match &copy {
+        SourceCopy::Confirmed(e) | SourceCopy::ToVerify(e) if e.kind == Kind::File => Some(copy),
+        SourceCopy::Confirmed(e) if e.kind == Kind::Symlink => Some(copy),
+        _ => None,
+    }
+}
+
 fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
     let (a_out, a_in) = a.wire_bytes();
     let (b_out, b_in) = b.wire_bytes();
@@ -1101,6 +1176,7 @@ fn summary_from(
         seconds: 0.0,
         wire_sent: 0,
         wire_received: 0,
+        source_removed: 0,
     }
 }
 
@@ -1117,6 +1193,12 @@ struct Pending {
     target: Vec<SnapshotUpdate>,
     source: Vec<SnapshotUpdate>,
     since: Option<Instant>,
+    /// `--remove-source-files`: source files whose copies the target
+    /// confirmed, to remove once the target's rows are written.
+    confirmed: Vec<Entry>,
+    /// Source files the target already held (or was given by a local
+    /// move): removed only once both sides' content hashes agree.
+    to_verify: Vec<Entry>,
 }
 
 /// How many settled rows, or how long, before they are written.
@@ -1130,6 +1212,9 @@ struct Run<'a> {
     stop: &'a AtomicBool,
     toward: Option<Side>,
     xattrs: bool,
+    /// `--remove-source-files`.
+    remove_source: bool,
+    source_removed: AtomicU64,
     target_now: &'a HashMap<RelPath, Entry>,
     pending: Mutex<Pending>,
     counts: Mutex<PlanCounts>,
@@ -1464,9 +1549,14 @@ impl Run<'_> {
             }
             other => other,
         });
+        let removal = if self.remove_source {
+            source_copy(item, &applied)
+        } else {
+            None
+        };
         let mut target_updates = applied.updates;
         target_updates.extend(item.target_update.clone());
-        self.queue(target_updates, source_update);
+        self.queue_settled(target_updates, source_update, removal);
         self.counts.lock().unwrap().add(item);
         self.observer.done(item, applied.bytes, self.toward);
     }
@@ -1490,10 +1580,26 @@ impl Run<'_> {
     }
 
     fn queue(&self, target: Vec<SnapshotUpdate>, source: Option<SnapshotUpdate>) {
+        self.queue_settled(target, source, None);
+    }
+
+    /// Queues an item's rows and, with `--remove-source-files`, the
+    /// source's copy to remove once they are written.
+    fn queue_settled(
+        &self,
+        target: Vec<SnapshotUpdate>,
+        source: Option<SnapshotUpdate>,
+        removal: Option<SourceCopy>,
+    ) {
         let due = {
             let mut pending = self.pending.lock().unwrap();
             pending.target.extend(target);
             pending.source.extend(source);
+            match removal {
+                Some(SourceCopy::Confirmed(entry)) => pending.confirmed.push(entry),
+                Some(SourceCopy::ToVerify(entry)) => pending.to_verify.push(entry),
+                None => {}
+            }
             let since = *pending.since.get_or_insert_with(Instant::now);
             pending.target.len() + pending.source.len() >= BATCH_ROWS
                 || since.elapsed() >= BATCH_TIME
@@ -1505,18 +1611,75 @@ impl Run<'_> {
 
     /// Writes what is pending: the target's rows first, so a crash between
     /// the two leaves the source's rows behind (redone next run), never ahead.
+    /// Then (`--remove-source-files`) the source removes the files whose
+    /// copies those rows record: only once the target's rows are written,
+    /// so a run killed at any point leaves every file on one side at least,
+    /// and recorded there.
     fn flush(&self) {
         let mut pending = self.pending.lock().unwrap();
         let target = std::mem::take(&mut pending.target);
         let source = std::mem::take(&mut pending.source);
+        let confirmed = std::mem::take(&mut pending.confirmed);
+        let to_verify = std::mem::take(&mut pending.to_verify);
         pending.since = None;
         let result = self
             .target
             .commit(&target)
-            .and_then(|()| self.source.commit(&source));
+            .and_then(|()| self.source.commit(&source))
+            .and_then(|()| self.remove_from_source(confirmed, to_verify));
         if let Err(error) = result {
             self.fatal.lock().unwrap().get_or_insert(error);
         }
+    }
+
+    /// `--remove-source-files`: removes the source's copies of files the
+    /// target holds, each only if it is still the version sent. Files the
+    /// target already had are compared by content hash on both sides
+    /// first. The source forgets their rows before removing them: a file
+    /// it then keeps (it changed) is new to the next run and sent again; a
+    /// file it removed is never a deletion to carry to the target.
+    fn remove_from_source(
+        &self,
+        mut confirmed: Vec<Entry>,
+        to_verify: Vec<Entry>,
+    ) -> Result<(), EndpointError> {
+        if !to_verify.is_empty() {
+            let paths: Vec<RelPath> = to_verify.iter().map(|e| e.path.clone()).collect();
+            let there = self.target.hash_files(&paths)?;
+            let unknown: Vec<RelPath> = to_verify
+                .iter()
+                .filter(|e| e.hash.is_none())
+                .map(|e| e.path.clone())
+                .collect();
+            let here = if unknown.is_empty() {
+                HashMap::new()
+            } else {
+                self.source.hash_files(&unknown)?
+            };
+            confirmed.extend(to_verify.into_iter().filter_map(|mut entry| {
+                entry.hash = entry.hash.or_else(|| here.get(&entry.path).copied());
+                let equal = entry.hash.is_some() && entry.hash == there.get(&entry.path).copied();
+                equal.then_some(entry)
+            }));
+        }
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let forget: Vec<SnapshotUpdate> = confirmed
+            .iter()
+            .map(|e| SnapshotUpdate::Remove(e.path.clone()))
+            .collect();
+        self.source.commit(&forget)?;
+        let results = self.source.remove_sent_files(&confirmed)?;
+        for result in results {
+            match result {
+                Ok(()) => {
+                    self.source_removed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => self.observer.warning(&why),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -148,6 +148,15 @@ pub struct SyncArgs {
     /// Do not propagate deletions (push and pull)
     #[arg(long)]
     pub no_delete: bool,
+    /// Move what a run deletes or replaces on a receiving root into
+    /// DIR/<run start, UTC>/ there, instead of discarding it (DIR relative
+    /// to that root, and then never synced, or absolute on its host)
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<String>,
+    /// Push and pull: remove each source file once its copy is verified on
+    /// the target (directories stay); implies --no-delete
+    #[arg(long)]
+    pub remove_source_files: bool,
     /// Symlinks: replicate as links, copy what they point to, or ignore
     #[arg(long, value_enum, default_value = "keep", value_name = "MODE")]
     pub links: Links,

@@ -473,8 +473,5 @@ fn text_record(record: &PathRecord, session: Option<&str>) -> String {
 
 /// Now, as `YYYYmmdd-HHMMSS` UTC.
 fn decision_stamp() -> String {
-    // `2026-11-25T18:30:00Z` → `20261125-183000`
-    let now = snapsync::state::chrono_like_now();
-    let digits: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
-    format!("{}-{}", &digits[..8], &digits[8..14])
+    snapsync::state::compact_utc_now()
 }

@@ -121,6 +121,14 @@ fn check_sync_args(direction: Direction, args: &SyncArgs) -> Result<(), Failure>
             "--newer and --no-delete apply to push and pull only; bidi carries every change both ways and turns competing ones into conflicts",
         ));
     }
+    if direction == Direction::Bidi && args.remove_source_files {
+        return Err(Failure::usage(
+            "--remove-source-files applies to push and pull only; in bidi both roots are sources",
+        ));
+    }
+    if let Some(dir) = &args.backup_dir {
+        snapsync::backup::BackupDir::parse(dir).map_err(Failure::usage)?;
+    }
     Ok(())
 }
 
@@ -158,12 +166,15 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
             checksum: args.checksum,
         },
         replica: ReplicaOptions {
-            no_delete: args.no_delete,
+            // Files the source removes must not become deletions.
+            no_delete: args.no_delete || args.remove_source_files,
             newer: args.newer,
             preserve,
         },
         log_max: args.log_max,
         log_verbose: args.verbose > 0,
+        backup_dir: args.backup_dir.clone(),
+        remove_source_files: args.remove_source_files,
     };
     let log_file = args.log_file.as_deref().map(absolute).transpose()?;
     let local_end =

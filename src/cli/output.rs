@@ -162,8 +162,13 @@ fn summary_line(s: &Summary, dry_run: bool) -> String {
     } else {
         String::new()
     };
+    let removed = if s.source_removed > 0 {
+        format!("; removed {} source files", s.source_removed)
+    } else {
+        String::new()
+    };
     format!(
-        "{}created {}, updated {}, deleted {}, renamed {}, copied {}, conflicts {}, errors {}; sent {}, received {}{wire}; scanned {} entries in {:.2}s",
+        "{}created {}, updated {}, deleted {}, renamed {}, copied {}, conflicts {}, errors {}; sent {}, received {}{wire}{removed}; scanned {} entries in {:.2}s",
         if dry_run { "dry run: would have " } else { "" },
         s.created,
         s.updated,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use super::{
     Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
 };
 use crate::apply::{remove_stale_temps, ApplyError, IncomingFile, LocalTree, Xattrs};
+use crate::backup::{BackupDir, RunBackup};
 use crate::changes::{
     covers, detect_renames, diff_dirty, diff_stream, ChangeSet, DiffOptions, SizesWorthHashing,
     SnapshotRows,
@@ -73,6 +75,12 @@ struct OpenSession {
     sizes: Option<SizesWorthHashing>,
     /// This side's session log (none in a dry run).
     log: Option<SessionLog>,
+    /// Where this root keeps what a run deletes or replaces on it
+    /// (`--backup-dir`, on a root that receives).
+    backup: Option<BackupDir>,
+    /// Backup directories inside the root this session ever used: never
+    /// synced (recorded in `meta` as `backup_dirs`).
+    backup_dirs: Vec<RelPath>,
 }
 
 struct ScannedWith {
@@ -232,6 +240,14 @@ impl LocalEndpoint {
                 })
             }
             Op::DeleteTree { entry, within } => {
+                // With a backup, a directory that holds nothing the plan
+                // does not know of moves there whole.
+                if tree.backs_up() && holds_only(&self.root, entry, within) {
+                    return tree
+                        .move_to_backup(&entry.path)
+                        .map(|_| done(Some(SnapshotUpdate::Remove(entry.path.clone())), 0))
+                        .map_err(|e| Self::failure(&entry.path, e));
+                }
                 // Deepest first; a path already gone is fine. A directory
                 // that still holds entries the session does not sync stays
                 // (and so does every directory above it), but the rest of
@@ -382,7 +398,30 @@ impl LocalEndpoint {
         if let Some(inside) = self.state_dir_inside_root() {
             options.filters.exclude_fixed(inside);
         }
+        // A scan starts a run: what the run deletes or replaces goes to a
+        // backup directory named after this moment.
+        let backup = self
+            .with_session(|s| {
+                for dir in &s.backup_dirs {
+                    options.filters.exclude_fixed(dir.clone());
+                }
+                s.backup.clone()
+            })
+            .ok()
+            .flatten();
+        self.tree
+            .set_backup(backup.map(|dir| RunBackup::new(dir, crate::state::compact_utc_now())));
         options
+    }
+
+    /// The directories this root never syncs: a state directory inside it
+    /// (elsewhere than `.snapsync`) and the session's backup directories.
+    fn never_synced(&self) -> Vec<RelPath> {
+        let mut dirs: Vec<RelPath> = self.state_dir_inside_root().into_iter().collect();
+        if let Ok(backups) = self.with_session(|s| s.backup_dirs.clone()) {
+            dirs.extend(backups);
+        }
+        dirs
     }
 
     /// Completes a scan's change set as every scan does (hashes the new and
@@ -439,6 +478,109 @@ impl LocalEndpoint {
         })?;
         set.warnings.extend(report.warnings);
         Ok(set)
+    }
+
+    /// This root's backup directory (`--backup-dir`, where this root
+    /// receives) and every backup directory inside the root the session
+    /// ever used, which it never syncs: recorded in `meta` before any run
+    /// can put a backup there, so a later run without the option, or
+    /// killed, still leaves them alone.
+    fn backup_setup(
+        &self,
+        request: &SessionRequest,
+        db: Option<&SessionDb>,
+    ) -> Result<(Option<BackupDir>, Vec<RelPath>), EndpointError> {
+        let given = match &request.backup_dir {
+            Some(text) => Some(
+                BackupDir::parse(text)
+                    .and_then(|dir| dir.seen_from(&self.root))
+                    .map_err(|e| EndpointError::Refused(format!("{}: {e}", self.describe())))?,
+            ),
+            None => None,
+        };
+        let recorded = match db {
+            Some(db) => db.fact(BACKUP_DIRS_FACT)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut dirs: Vec<RelPath> = recorded
+            .lines()
+            .filter_map(|line| RelPath::new(&crate::model::unescape_bytes(line.as_bytes())).ok())
+            .filter(|dir| !dir.is_root())
+            .collect();
+        if let Some(BackupDir::InRoot(dir)) = &given {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
+                if let (Some(db), false) = (db, request.dry_run) {
+                    let lines: Vec<String> = dirs.iter().map(ToString::to_string).collect();
+                    db.set_fact(BACKUP_DIRS_FACT, &lines.join("\n"))?;
+                }
+            }
+        }
+        let receives = matches!(request.role, Role::Target | Role::Both);
+        Ok((given.filter(|_| receives), dirs))
+    }
+
+    /// Removes one file the target confirmed, if it is still the version
+    /// that was sent; else says why it stays.
+    fn remove_sent(&self, entry: &Entry) -> Result<(), String> {
+        let kept = |why: String| Err(format!("{why}; kept on the source"));
+        let abs = match self.tree.checked_path(&entry.path) {
+            Ok(abs) => abs,
+            Err(e) => return kept(e.to_string()),
+        };
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            // Gone already: its copy is on the target, nothing to keep.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return kept(format!("cannot inspect {}: {e}", entry.path)),
+        };
+        let same_kind = match entry.kind {
+            Kind::File => meta.is_file(),
+            Kind::Symlink => meta.file_type().is_symlink(),
+            Kind::Dir => false,
+        };
+        if !same_kind {
+            return kept(format!(
+                "{} is not the {} that was sent (directories always stay)",
+                entry.path,
+                entry.kind.as_str()
+            ));
+        }
+        let same_link = entry.kind != Kind::Symlink
+            || fs::read_link(&abs).is_ok_and(|target| {
+                Some(target.as_os_str().as_bytes()) == entry.link_target.as_deref()
+            });
+        // Entries record a size for files only.
+        let same_size = entry.kind != Kind::File || meta.size() == entry.size;
+        let same_version = same_size
+            && meta.mtime() == entry.mtime.sec
+            && meta.mtime_nsec() as u32 == entry.mtime.nsec
+            && meta.ino() == entry.ino
+            && same_link;
+        // A file written within the scan's racy window may have been
+        // written again since without a change to its stat: its content
+        // must still be what the target holds.
+        let same_content = || {
+            entry.kind != Kind::File
+                || !entry.racy
+                || entry
+                    .hash
+                    .is_some_and(|sent| hash_file(&abs).ok() == Some(sent))
+        };
+        if !same_version || !same_content() {
+            return kept(format!(
+                "{} changed since it was sent; the next run sends it again",
+                entry.path
+            ));
+        }
+        match fs::remove_file(&abs) {
+            Ok(()) => {
+                self.log(|| format!("removed source file {}", entry.path));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => kept(format!("cannot remove {}: {e}", entry.path)),
+        }
     }
 
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
@@ -517,10 +659,21 @@ impl Endpoint for LocalEndpoint {
                 (None, Some(lock))
             } else {
                 let reset = request.reset && !request.dry_run;
-                (
-                    Some(SessionDb::open(&self.state_dir, &request.session, reset)?),
-                    Some(lock),
-                )
+                // `-x` starts the snapshot afresh, not the backups: the
+                // directories holding them stay out of the sync.
+                let backups = if reset && db_exists {
+                    SessionDb::open_existing(&self.state_dir, &request.session, false)
+                        .ok()
+                        .flatten()
+                        .and_then(|old| old.fact(BACKUP_DIRS_FACT).ok().flatten())
+                } else {
+                    None
+                };
+                let db = SessionDb::open(&self.state_dir, &request.session, reset)?;
+                if let Some(lines) = backups {
+                    db.set_fact(BACKUP_DIRS_FACT, &lines)?;
+                }
+                (Some(db), Some(lock))
             }
         };
         let mut facts = match &db {
@@ -545,6 +698,7 @@ impl Endpoint for LocalEndpoint {
                 )));
             }
         }
+        let (backup, backup_dirs) = self.backup_setup(request, db.as_ref())?;
         let log = if db.is_some() && !request.dry_run {
             let path = self
                 .log_file
@@ -584,6 +738,8 @@ impl Endpoint for LocalEndpoint {
             filters_line: String::new(),
             scanned: None,
             sizes: None,
+            backup,
+            backup_dirs,
         });
         Ok(facts)
     }
@@ -729,8 +885,8 @@ impl Endpoint for LocalEndpoint {
 
     fn watch(&self, timing: WatchTiming, sink: ReportSink) -> Result<(), EndpointError> {
         let root = self.root.clone();
-        let state = self.state_dir_inside_root();
-        let ignore = move |path: &RelPath| state.as_ref().is_some_and(|s| path.starts_with(s));
+        let never = self.never_synced();
+        let ignore = move |path: &RelPath| never.iter().any(|dir| path.starts_with(dir));
         let start = {
             let (root, ignore) = (root.clone(), ignore.clone());
             move || Watch::start(&root, ignore.clone())
@@ -891,6 +1047,25 @@ impl Endpoint for LocalEndpoint {
         Ok(())
     }
 
+    fn remove_sent_files(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<(), String>>, EndpointError> {
+        let allowed = self.with_session(|s| {
+            s.request.role == Role::Source && s.request.remove_source_files && !s.request.dry_run
+        })?;
+        if !allowed {
+            return Err(EndpointError::Refused(format!(
+                "{}: the session was not opened as a source with --remove-source-files; nothing removed",
+                self.describe()
+            )));
+        }
+        Ok(entries
+            .iter()
+            .map(|entry| self.remove_sent(entry))
+            .collect())
+    }
+
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
         let mut guard = self.session.lock().unwrap();
         let Some(session) = guard.as_mut() else {
@@ -1001,6 +1176,37 @@ fn run_end_line(end: &RunEnd) -> String {
         summary["seconds"].as_f64().unwrap_or(0.0),
         end.peer,
     )
+}
+
+/// The `meta` key listing the backup directories inside the root that the
+/// session ever used, one per line.
+const BACKUP_DIRS_FACT: &str = "backup_dirs";
+
+/// True when the directory `top` holds nothing but what `within` lists
+/// (so moving it whole takes nothing the session does not know of).
+fn holds_only(root: &Path, top: &Entry, within: &[Entry]) -> bool {
+    let known: HashSet<&RelPath> = within.iter().map(|e| &e.path).collect();
+    let mut dirs = vec![top.path.clone()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(listing) = fs::read_dir(dir.under(root)) else {
+            return false;
+        };
+        for child in listing {
+            let Ok(child) = child else {
+                return false;
+            };
+            let Ok(path) = dir.join(child.file_name().as_bytes()) else {
+                return false;
+            };
+            if !known.contains(&path) {
+                return false;
+            }
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            }
+        }
+    }
+    true
 }
 
 /// What the walk needs of the diff options.
@@ -1175,6 +1381,119 @@ mod tests {
                 other => panic!("only removals: {other:?}"),
             })
             .collect()
+    }
+
+    fn source_request(remove_source_files: bool) -> SessionRequest {
+        SessionRequest {
+            session: "s".into(),
+            direction: "push".into(),
+            role: Role::Source,
+            reset: false,
+            dry_run: false,
+            log_max: crate::log::DEFAULT_MAX,
+            log_verbose: false,
+            backup_dir: None,
+            remove_source_files,
+        }
+    }
+
+    #[test]
+    fn a_source_removes_only_the_version_it_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "sent");
+        write(root, "edited");
+        write(root, "sub/other");
+        let endpoint = LocalEndpoint::new(root.to_path_buf(), None, Preserve::default());
+        endpoint.open_session(&source_request(true)).unwrap();
+        let sent = endpoint.tree.stat(&p("sent"), None).unwrap();
+        let edited = endpoint.tree.stat(&p("edited"), None).unwrap();
+        let sub = endpoint.tree.stat(&p("sub"), None).unwrap();
+        fs::write(root.join("edited"), "a later version, longer").unwrap();
+        let results = endpoint.remove_sent_files(&[sent, edited, sub]).unwrap();
+        assert!(results[0].is_ok());
+        assert!(!root.join("sent").exists());
+        let kept = results[1].as_ref().unwrap_err();
+        assert!(kept.contains("changed since it was sent"), "{kept}");
+        assert_eq!(
+            fs::read(root.join("edited")).unwrap(),
+            b"a later version, longer"
+        );
+        assert!(results[2].is_err(), "a directory stays");
+        assert!(root.join("sub/other").exists());
+    }
+
+    #[test]
+    fn a_racy_source_file_goes_only_with_the_content_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "racy");
+        let endpoint = LocalEndpoint::new(root.to_path_buf(), None, Preserve::default());
+        endpoint.open_session(&source_request(true)).unwrap();
+        let mut entry = endpoint.tree.stat(&p("racy"), None).unwrap();
+        entry.racy = true;
+        // Sent as other bytes of the same size, within the same mtime tick.
+        entry.hash = Some(*blake3::hash(b"ybca").as_bytes());
+        let results = endpoint.remove_sent_files(&[entry.clone()]).unwrap();
+        assert!(results[0].is_err());
+        assert!(root.join("racy").exists());
+        entry.hash = Some(*blake3::hash(b"racy").as_bytes());
+        let results = endpoint.remove_sent_files(&[entry]).unwrap();
+        assert!(results[0].is_ok());
+        assert!(!root.join("racy").exists());
+    }
+
+    #[test]
+    fn a_source_without_the_option_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sent");
+        let endpoint = LocalEndpoint::new(dir.path().to_path_buf(), None, Preserve::default());
+        endpoint.open_session(&source_request(false)).unwrap();
+        let sent = endpoint.tree.stat(&p("sent"), None).unwrap();
+        assert!(endpoint.remove_sent_files(&[sent]).is_err());
+        assert!(dir.path().join("sent").exists());
+    }
+
+    #[test]
+    fn with_a_backup_a_tree_moves_whole_unless_it_holds_unknown_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for path in ["whole/a", "whole/sub/b", "part/a", "part/x.log"] {
+            write(root, path);
+        }
+        let endpoint = LocalEndpoint::new(root.to_path_buf(), None, Preserve::default());
+        let backup = BackupDir::InRoot(p(".bak"));
+        endpoint
+            .tree
+            .set_backup(Some(RunBackup::new(backup, "R".into())));
+        let ino = |path: &Path| fs::symlink_metadata(path).unwrap().ino();
+        let whole_ino = ino(&root.join("whole"));
+        let op = Op::DeleteTree {
+            entry: Entry::bare(p("whole"), Kind::Dir),
+            within: vec![
+                Entry::bare(p("whole/a"), Kind::File),
+                Entry::bare(p("whole/sub"), Kind::Dir),
+                Entry::bare(p("whole/sub/b"), Kind::File),
+            ],
+        };
+        let applied = endpoint.apply(&[(op, None)], false).unwrap().pop().unwrap();
+        assert_eq!(removed(&applied.unwrap()), ["whole"]);
+        assert_eq!(
+            ino(&root.join(".bak/R/whole")),
+            whole_ino,
+            "moved, not copied"
+        );
+        assert!(root.join(".bak/R/whole/sub/b").exists());
+        // `part/x.log` is not the session's: it stays, and so does `part`.
+        let op = Op::DeleteTree {
+            entry: Entry::bare(p("part"), Kind::Dir),
+            within: vec![Entry::bare(p("part/a"), Kind::File)],
+        };
+        let applied = endpoint.apply(&[(op, None)], false).unwrap().pop().unwrap();
+        assert_eq!(removed(&applied.unwrap()), ["part/a"]);
+        assert!(root.join(".bak/R/part/a").exists());
+        assert!(root.join("part/x.log").exists());
+        assert!(!root.join(".bak/R/part/x.log").exists());
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub struct SessionRequest {
     /// The session log: rotated at this size; per-file lines when verbose.
     pub log_max: u64,
     pub log_verbose: bool,
+    /// `--backup-dir` as given: where this root keeps what a run deletes or
+    /// replaces on it (relative to the root, or absolute on its host). A
+    /// relative one is excluded from the session for good, on every side.
+    pub backup_dir: Option<String>,
+    /// `--remove-source-files`: the source may be asked to remove files
+    /// whose copies the target confirmed ([`Endpoint::remove_sent_files`]).
+    pub remove_source_files: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +236,17 @@ pub trait Endpoint: Send + Sync {
         pending: &[crate::state::Pending],
         replace: bool,
     ) -> Result<(), EndpointError>;
+
+    /// Source role, `--remove-source-files`: removes each of these files
+    /// (or links), whose copies the target confirmed, if it is still the
+    /// version that was sent (same size, mtime and inode; a link, the same
+    /// target). One result per entry: why it was kept, where it was.
+    /// Directories are never removed. The caller has already dropped their
+    /// snapshot rows.
+    fn remove_sent_files(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<(), String>>, EndpointError>;
 
     /// Writes snapshot rows, in one transaction.
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError>;

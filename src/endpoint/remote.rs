@@ -642,6 +642,23 @@ impl Endpoint for RemoteEndpoint {
         expect_reply!(reply, Body::Done => ())
     }
 
+    fn remove_sent_files(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<Result<(), String>>, EndpointError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self.conn.call(Body::RemoveSentFiles(entries.to_vec()))?;
+        let results = expect_reply!(reply, Body::Removed(results) => results)?;
+        if results.len() != entries.len() {
+            return Err(EndpointError::Refused(
+                "the far end answered for other files".into(),
+            ));
+        }
+        Ok(results)
+    }
+
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError> {
         if updates.is_empty() {
             return Ok(());

@@ -1117,6 +1117,25 @@ pub fn chrono_like_now() -> String {
     format_utc(now)
 }
 
+/// Now as `YYYYmmdd-HHMMSS` UTC, the form names carry (backup run
+/// directories, the copy `resolve --keep both` makes).
+pub fn compact_utc_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    compact_utc(now)
+}
+
+/// Formats Unix seconds as `YYYYmmdd-HHMMSS` (UTC).
+pub fn compact_utc(secs: i64) -> String {
+    let digits: String = format_utc(secs)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("{}-{}", &digits[..8], &digits[8..14])
+}
+
 /// Formats Unix seconds as `YYYY-mm-ddTHH:MM:SSZ` (civil-from-days algorithm).
 pub fn format_utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -1161,6 +1180,7 @@ mod tests {
     fn utc_formatting() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(compact_utc(1_700_000_000), "20231114-221320");
     }
 
     #[test]
