@@ -26,4 +26,4 @@ pub mod state;
 pub mod watch;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -121,6 +121,11 @@ fn check_sync_args(direction: Direction, args: &SyncArgs) -> Result<(), Failure>
             "--newer and --no-delete apply to push and pull only; bidi carries every change both ways and turns competing ones into conflicts",
         ));
     }
+    if direction == Direction::Bidi && args.hard_links {
+        return Err(Failure::usage(
+            "-H/--hard-links applies to push and pull only: bidi would have to merge two sides' links into one structure, which it does not do; sync the linked tree one way, or run bidi without -H (each name then syncs as a file of its own)",
+        ));
+    }
     Ok(())
 }
 
@@ -145,6 +150,8 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         owner: args.owner,
         group: args.group,
         xattrs: args.xattrs,
+        hard_links: args.hard_links,
+        acls: args.acls,
     };
     let options = SyncOptions {
         direction,
