@@ -15,6 +15,8 @@ command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # bench/bidi.sh (run by bench/run.sh quick below) compares bidi with Unison.
 command -v unison >/dev/null 2>&1 || missing+=(unison)
+# tests/links_acls.rs sets and reads POSIX ACLs (-A).
+{ command -v setfacl >/dev/null 2>&1 && command -v getfacl >/dev/null 2>&1; } || missing+=(acl)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${missing[*]}; run as root to install them" >&2

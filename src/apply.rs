@@ -193,6 +193,11 @@ impl LocalTree {
         &self.root
     }
 
+    /// The metadata this root is given beyond content, times and mode.
+    pub fn preserve(&self) -> Preserve {
+        self.preserve
+    }
+
     /// The absolute path of `path`, after checking that each directory above
     /// it inside the root is a real directory. Missing ones are created
     /// (owner-only; their final mode is set later) when `create` is set.
@@ -287,8 +292,8 @@ impl LocalTree {
         };
         let mut entry = entry_from_metadata(path.clone(), kind, &meta, link_target, None);
         entry.hash = hash;
-        if self.preserve.xattrs {
-            entry.xattr_hash = crate::scan::read_xattrs(&abs, kind)
+        if self.preserve.any_xattrs() {
+            entry.xattr_hash = crate::scan::read_xattrs(&abs, kind, self.preserve)
                 .ok()
                 .map(|pairs| Box::new(xattr_pairs_hash(&pairs)));
         }
@@ -473,6 +478,38 @@ impl LocalTree {
         self.stat(&entry.path, None)
     }
 
+    /// Makes `entry.path` another name of the file at `to` (`-H`), replacing
+    /// whatever file or link stands there, atomically. `to` must hold what
+    /// the plan put there: a regular file with `entry`'s size and mtime (the
+    /// names of one file share them); anything else is stale.
+    pub fn hard_link(&self, to: &RelPath, entry: &Entry) -> Result<Entry, ApplyError> {
+        use std::os::unix::fs::MetadataExt;
+        let existing = self.safe_path(to, false)?;
+        let meta = fs::symlink_metadata(&existing).map_err(|_| ApplyError::Stale(to.clone()))?;
+        let as_planned = meta.is_file()
+            && meta.size() == entry.size
+            && meta.mtime() == entry.mtime.sec
+            && meta.mtime_nsec() == i64::from(entry.mtime.nsec);
+        if !as_planned {
+            return Err(ApplyError::Stale(to.clone()));
+        }
+        let dest = self.safe_path(&entry.path, true)?;
+        let already = fs::symlink_metadata(&dest)
+            .is_ok_and(|now| now.dev() == meta.dev() && now.ino() == meta.ino());
+        if !already {
+            // rename(2) between two names of one file does nothing and
+            // leaves both: the temporary name is made only when needed.
+            let tmp = self.temp_path(&entry.path)?;
+            fs::hard_link(&existing, &tmp)
+                .map_err(io_error(format!("cannot link {} to {to}", entry.path)))?;
+            if let Err(e) = self.place(&tmp, &entry.path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        self.stat(&entry.path, entry.hash)
+    }
+
     /// Gives an existing path `entry`'s metadata.
     pub fn set_metadata(
         &self,
@@ -501,7 +538,7 @@ impl LocalTree {
         let what = || format!("cannot set metadata of {}", entry.path);
         self.set_owner(path, entry, false)?;
         if let Some(pairs) = xattrs {
-            set_xattrs(path, pairs, false).map_err(io_error(what()))?;
+            set_xattrs(path, pairs, false, self.preserve).map_err(io_error(what()))?;
         }
         file.set_permissions(fs::Permissions::from_mode(entry.mode))
             .map_err(io_error(what()))?;
@@ -518,7 +555,7 @@ impl LocalTree {
         let is_link = entry.kind == Kind::Symlink;
         self.set_owner(path, entry, is_link)?;
         if let Some(pairs) = xattrs {
-            set_xattrs(path, pairs, is_link).map_err(io_error(what()))?;
+            set_xattrs(path, pairs, is_link, self.preserve).map_err(io_error(what()))?;
         }
         if is_link {
             filetime::set_symlink_file_times(path, FileTime::now(), mtime_of(entry))
@@ -651,8 +688,15 @@ fn mtime_of(entry: &Entry) -> FileTime {
     FileTime::from_unix_time(entry.mtime.sec, entry.mtime.nsec)
 }
 
-fn set_xattrs(path: &Path, pairs: &Xattrs, is_link: bool) -> io::Result<()> {
+/// Gives `path` exactly the source's attributes among the names `preserve`
+/// carries; names it does not carry are left as they are (`-A` alone never
+/// touches other extended attributes, `--xattrs` alone never an ACL).
+fn set_xattrs(path: &Path, pairs: &Xattrs, is_link: bool, preserve: Preserve) -> io::Result<()> {
     use std::ffi::OsStr;
+    let pairs: Vec<&(Vec<u8>, Vec<u8>)> = pairs
+        .iter()
+        .filter(|(name, _)| preserve.carries_xattr(name))
+        .collect();
     let wanted: HashSet<&[u8]> = pairs.iter().map(|(n, _)| n.as_slice()).collect();
     let existing: Vec<_> = if is_link {
         xattr::list(path)?.collect()
@@ -660,7 +704,7 @@ fn set_xattrs(path: &Path, pairs: &Xattrs, is_link: bool) -> io::Result<()> {
         xattr::list_deref(path)?.collect()
     };
     for name in existing {
-        if !wanted.contains(name.as_bytes()) {
+        if preserve.carries_xattr(name.as_bytes()) && !wanted.contains(name.as_bytes()) {
             if is_link {
                 xattr::remove(path, &name)?;
             } else {

@@ -264,6 +264,9 @@ pub fn plan_bidi(input: &BidiInput) -> BidiPlan {
                 target_now: now(to),
                 target_content: content,
                 restore_as: &restore_as,
+                // bidi does not carry hard links (`-H` is refused).
+                source_links: &[],
+                target_links: &[],
             },
             &ReplicaOptions {
                 preserve: input.preserve,
@@ -669,6 +672,12 @@ mod tests {
                     }
                     have.mode = entry.mode;
                     have.mtime = entry.mtime;
+                }
+                Op::HardLink { to, entry } => {
+                    if tree.get(to).map(|e| (e.size, e.mtime)) != Some((entry.size, entry.mtime)) {
+                        return Err(format!("{to} is not in place for {}", entry.path));
+                    }
+                    tree.insert(entry.path.clone(), entry.clone());
                 }
                 Op::Record | Op::Keep => {}
             }

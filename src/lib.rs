@@ -27,4 +27,4 @@ pub mod state;
 pub mod watch;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -328,7 +328,8 @@ pub struct Entry {
     pub hash: Option<Hash>,
     /// Symlink target, as bytes.
     pub link_target: Option<Box<[u8]>>,
-    /// BLAKE3 over the sorted extended attributes, when `--xattrs` is on.
+    /// BLAKE3 over the sorted extended attributes a run carries (`--xattrs`,
+    /// `-A`: see [`Preserve::carries_xattr`]).
     /// (Boxed: most entries have none, and every entry's size counts when a
     /// tree of millions is held.)
     pub xattr_hash: Option<Box<Hash>>,
@@ -344,7 +345,35 @@ pub struct Entry {
 pub struct Preserve {
     pub owner: bool,
     pub group: bool,
+    /// `--xattrs`: every extended attribute but the POSIX ACLs.
     pub xattrs: bool,
+    /// `-H`: files sharing an inode in the source tree share one on the target.
+    pub hard_links: bool,
+    /// `-A`: POSIX ACLs, the extended attributes [`ACL_XATTRS`].
+    pub acls: bool,
+}
+
+/// The extended attributes Linux keeps POSIX ACLs in: the access ACL (files
+/// and directories) and the default ACL (directories). `-A` carries them,
+/// `--xattrs` every other name.
+pub const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
+impl Preserve {
+    /// True when extended attributes are read, compared and written at all.
+    pub fn any_xattrs(&self) -> bool {
+        self.xattrs || self.acls
+    }
+
+    /// Whether the extended attribute `name` is carried: an ACL with `-A`,
+    /// any other with `--xattrs`. Names not carried are neither read nor
+    /// compared, and never removed from the target.
+    pub fn carries_xattr(&self, name: &[u8]) -> bool {
+        if ACL_XATTRS.contains(&name) {
+            self.acls
+        } else {
+            self.xattrs
+        }
+    }
 }
 
 /// How two entries for the same path differ.
@@ -422,7 +451,7 @@ impl Entry {
             && self.mtime == other.mtime
             && (!preserve.owner || self.uid == other.uid)
             && (!preserve.group || self.gid == other.gid)
-            && (!preserve.xattrs || self.xattr_hash == other.xattr_hash)
+            && (!preserve.any_xattrs() || self.xattr_hash == other.xattr_hash)
     }
 }
 

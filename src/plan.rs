@@ -47,6 +47,12 @@ pub enum Op {
     Symlink {
         entry: Entry,
     },
+    /// `-H`: make `entry.path` another name of the file at `to`, which the
+    /// plan has put in place by then (its data is sent once, for `to`).
+    HardLink {
+        to: RelPath,
+        entry: Entry,
+    },
     /// Times, permissions, owner, xattrs. `restore` marks a directory whose
     /// listing the run changed, whose times are put back afterwards.
     SetMeta {
@@ -70,6 +76,8 @@ pub enum Phase {
     Mkdirs,
     /// File data, links, file metadata and records, in parallel.
     Files,
+    /// Hard links, once the files they name are in place.
+    Links,
     /// Directory metadata, deepest first, once their contents are final.
     DirMeta,
 }
@@ -80,6 +88,7 @@ impl Op {
             Op::Rename { .. } | Op::RenameContent { .. } => Phase::Renames,
             Op::Delete { .. } | Op::DeleteTree { .. } => Phase::Deletes,
             Op::Mkdir { .. } => Phase::Mkdirs,
+            Op::HardLink { .. } => Phase::Links,
             Op::SetMeta { entry, .. } if entry.kind == Kind::Dir => Phase::DirMeta,
             _ => Phase::Files,
         }
@@ -156,7 +165,7 @@ impl PlanCounts {
             Op::Rename { .. } | Op::RenameContent { .. } => self.renamed += 1,
             Op::Delete { .. } => self.deleted += 1,
             Op::DeleteTree { within, .. } => self.deleted += 1 + within.len() as u64,
-            Op::Mkdir { .. } | Op::Symlink { .. } => new_or_updated(self),
+            Op::Mkdir { .. } | Op::Symlink { .. } | Op::HardLink { .. } => new_or_updated(self),
             Op::Transfer { entry } => {
                 new_or_updated(self);
                 self.bytes_to_send += entry.size;
@@ -198,6 +207,7 @@ impl fmt::Display for Item {
                 entry.path,
                 crate::model::escape_bytes(entry.link_target.as_deref().unwrap_or_default())
             ),
+            Op::HardLink { to, entry } => write!(f, "hlink   {} => {to}", entry.path),
             Op::SetMeta { entry, .. } => write!(f, "meta    {}{}", entry.path, kind(entry)),
             Op::Record => write!(f, "same    {}", self.path),
             Op::Keep => write!(f, "keep    {}", self.path),

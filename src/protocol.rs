@@ -31,8 +31,9 @@ pub const MORE: u8 = 1;
 /// Flag: the last (or only) frame of a message.
 pub const LAST: u8 = 0;
 /// What this build offers beyond the protocol's core: delta transfer, zstd
-/// compression (`-z`), extended attributes (`--xattrs`).
-pub const CAPABILITIES: &[&str] = &["delta", "zstd", "xattrs"];
+/// compression (`-z`), extended attributes (`--xattrs`), hard links (`-H`),
+/// POSIX ACLs (`-A`).
+pub const CAPABILITIES: &[&str] = &["delta", "zstd", "xattrs", "hard-links", "acls"];
 
 /// Every message names the call it belongs to; 0 is for messages that
 /// answer no call (file results, and file data a near end pushes).
@@ -158,6 +159,12 @@ pub enum Body {
     RemoveSentFiles(Vec<Entry>),
     /// One result per file asked: removed, or why it was kept.
     Removed(Vec<Result<(), String>>),
+
+    // Added in protocol 4 (with `Preserve`'s `hard_links` and `acls`).
+    /// `-H`: the names of the files at these paths (answered with
+    /// [`Body::LinkGroups`]).
+    HardLinks(Vec<RelPath>),
+    LinkGroups(Vec<Vec<RelPath>>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +324,11 @@ mod tests {
             compressed: false,
         });
         round_trip(Body::Failed("no".into()));
+        round_trip(Body::HardLinks(vec![RelPath::new(b"a").unwrap()]));
+        round_trip(Body::LinkGroups(vec![vec![
+            RelPath::new(b"a").unwrap(),
+            RelPath::new(b"b/c").unwrap(),
+        ]]));
         round_trip(Body::ScanDirty {
             paths: vec![RelPath::new(b"a/b").unwrap()],
             trees: vec![RelPath::new(b"c").unwrap()],

@@ -35,6 +35,13 @@ pub struct ReplicaInput<'a> {
     /// where that is not the source's entry (bidi: a directory whose own
     /// change the other direction carries). Empty for a replica.
     pub restore_as: &'a HashMap<RelPath, Entry>,
+    /// `-H`: the names of each file with several in the source tree, for
+    /// the files at the paths either side changed (see
+    /// [`Endpoint::hard_links`](crate::endpoint::Endpoint::hard_links)).
+    /// Empty without `-H`.
+    pub source_links: &'a [Vec<RelPath>],
+    /// The same on the target, at its paths before the plan's renames.
+    pub target_links: &'a [Vec<RelPath>],
 }
 
 /// True when `path` lies strictly inside a directory the source renamed
@@ -118,9 +125,17 @@ enum Decision {
     Keep,
     Delete(Entry),
     Create(Entry),
-    Replace { old: Entry, new: Entry },
+    Replace {
+        old: Entry,
+        new: Entry,
+    },
     Update(Entry),
     Meta(Entry),
+    /// `-H`: another name of the file the plan puts (or keeps) at `to`.
+    Link {
+        to: RelPath,
+        entry: Entry,
+    },
 }
 
 /// Plans a push or pull.
@@ -138,6 +153,8 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         .chain(&input.target.changes)
         .map(|c| c.path.clone())
         .collect();
+    // Every name of a file whose names are planned, changed or not.
+    affected.extend(input.source_links.iter().flatten().cloned());
     // What the target holds, path by path, as the plan's renames change it.
     let mut actual: HashMap<RelPath, Option<Entry>> = affected
         .iter()
@@ -265,12 +282,33 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
         decisions.push((path, decision));
     }
 
+    // The target's names of one file, where the renames put them.
+    let target_links: Vec<Vec<RelPath>> = input
+        .target_links
+        .iter()
+        .map(|names| names.iter().map(|p| translate(p, &moves)).collect())
+        .collect();
+    if options.preserve.hard_links {
+        plan_links(
+            &mut decisions,
+            &actual,
+            &desired,
+            input.source_links,
+            &target_links,
+        );
+    }
+
     // Content the target holds that a new or changed file can reuse: a path
     // about to be deleted is moved instead; a path left as it is, copied.
+    // (Not moved when other names share that file on the target: they
+    // would come along.)
+    let shared: HashSet<&RelPath> = target_links.iter().flatten().collect();
     let deleting: HashSet<RelPath> = decisions
         .iter()
         .filter_map(|(path, d)| match d {
-            Decision::Delete(e) if e.kind == Kind::File => Some(path.clone()),
+            Decision::Delete(e) if e.kind == Kind::File && !shared.contains(path) => {
+                Some(path.clone())
+            }
             _ => None,
         })
         .collect();
@@ -306,6 +344,14 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
     let mut file_ops: Vec<(RelPath, Op, bool)> = Vec::new();
     let mut plain: Vec<(RelPath, Decision)> = Vec::new();
     for (path, decision) in decisions {
+        if let Decision::Link { to, entry } = decision {
+            let have = actual.get(&path).cloned().flatten();
+            if let Some(old) = have.clone().filter(|old| old.kind == Kind::Dir) {
+                plain.push((path.clone(), Decision::Delete(old)));
+            }
+            file_ops.push((path, Op::HardLink { to, entry }, have.is_some()));
+            continue;
+        }
         let (entry, replaces, old_is_dir) = match &decision {
             Decision::Create(e) => (e, false, false),
             Decision::Update(e) => (e, true, false),
@@ -429,6 +475,7 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
                     None,
                 ));
             }
+            Decision::Link { .. } => unreachable!("links are file operations"),
         }
     }
     for (path, op, replaces) in file_ops {
@@ -454,11 +501,144 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
     Plan { items }
 }
 
+/// `-H`: makes the target's names of each file the source's. Of each
+/// source file with several names, one name (the leader) holds the file on
+/// the target: a name where the target already holds it, as it is or with
+/// other metadata, and shares it with no name outside the group; else one
+/// the plan writes anyway. Every other name becomes a link to the leader,
+/// unless it already is one. A name whose target file is shared with names
+/// that are not the source's (a link the source broke, or one made on the
+/// target) is written afresh, as a file of its own.
+///
+/// The names of one file share its stat: a group whose names disagree
+/// (a row a scan of dirty paths did not look at again, lagging behind the
+/// file) is left as separate files this time.
+fn plan_links(
+    decisions: &mut [(RelPath, Decision)],
+    actual: &HashMap<RelPath, Option<Entry>>,
+    desired: &dyn Fn(&RelPath) -> Option<Entry>,
+    source_links: &[Vec<RelPath>],
+    target_links: &[Vec<RelPath>],
+) {
+    let index: HashMap<RelPath, usize> = decisions
+        .iter()
+        .enumerate()
+        .map(|(i, (path, _))| (path.clone(), i))
+        .collect();
+    let target_group: HashMap<&RelPath, usize> = target_links
+        .iter()
+        .enumerate()
+        .flat_map(|(group, names)| names.iter().map(move |name| (name, group)))
+        .collect();
+    let file_now = |path: &RelPath| {
+        actual
+            .get(path)
+            .cloned()
+            .flatten()
+            .filter(|e| e.kind == Kind::File)
+    };
+    // The target's file at `path` stays there through the plan.
+    let stays = |decisions: &[(RelPath, Decision)], path: &RelPath| match index.get(path) {
+        Some(&i) => matches!(
+            decisions[i].1,
+            Decision::Same | Decision::Meta(_) | Decision::Keep
+        ),
+        None => true,
+    };
+    // The target already holds the source's file at `path` (perhaps with
+    // other metadata), and keeps it.
+    let in_place = |decisions: &[(RelPath, Decision)], path: &RelPath| {
+        index
+            .get(path)
+            .is_some_and(|&i| matches!(decisions[i].1, Decision::Same | Decision::Meta(_)))
+            && file_now(path).is_some()
+    };
+    // The other names the target's file at `path` keeps after the plan.
+    let other_names = |decisions: &[(RelPath, Decision)], path: &RelPath| -> Vec<RelPath> {
+        target_group.get(path).map_or_else(Vec::new, |&group| {
+            target_links[group]
+                .iter()
+                .filter(|name| *name != path && stays(decisions, name))
+                .cloned()
+                .collect()
+        })
+    };
+
+    // Files of one name on the source that share their file on the target.
+    let grouped: HashSet<&RelPath> = source_links.iter().flatten().collect();
+    for i in 0..decisions.len() {
+        let path = decisions[i].0.clone();
+        if grouped.contains(&path) || !in_place(decisions, &path) {
+            continue;
+        }
+        if !other_names(decisions, &path).is_empty() {
+            if let Some(want) = desired(&path) {
+                decisions[i].1 = Decision::Update(want);
+            }
+        }
+    }
+
+    for group in source_links {
+        let members: Vec<(RelPath, Entry)> = group
+            .iter()
+            .filter(|name| {
+                index
+                    .get(*name)
+                    .is_some_and(|&i| !matches!(decisions[i].1, Decision::Keep))
+            })
+            .filter_map(|name| Some((name.clone(), desired(name)?)))
+            .filter(|(_, want)| want.kind == Kind::File)
+            .collect();
+        let Some((_, first)) = members.first() else {
+            continue;
+        };
+        let agree = members
+            .iter()
+            .all(|(_, want)| want.size == first.size && want.mtime == first.mtime);
+        if members.len() < 2 || !agree {
+            continue;
+        }
+        let clean = |decisions: &[(RelPath, Decision)], name: &RelPath| {
+            other_names(decisions, name)
+                .iter()
+                .all(|other| group.contains(other))
+        };
+        let leader = members
+            .iter()
+            .find(|(name, _)| in_place(decisions, name) && clean(decisions, name))
+            .or_else(|| members.iter().find(|(name, _)| !in_place(decisions, name)))
+            .unwrap_or(&members[0])
+            .0
+            .clone();
+        let leader_stays = in_place(decisions, &leader) && clean(decisions, &leader);
+        if in_place(decisions, &leader) && !leader_stays {
+            let want = desired(&leader).expect("a member is wanted");
+            decisions[index[&leader]].1 = Decision::Update(want);
+        }
+        let leader_file = file_now(&leader).map(|e| (e.dev, e.ino));
+        for (name, want) in &members {
+            if *name == leader {
+                continue;
+            }
+            let linked = leader_stays
+                && in_place(decisions, name)
+                && file_now(name).map(|e| (e.dev, e.ino)) == leader_file;
+            if !linked {
+                decisions[index[name]].1 = Decision::Link {
+                    to: leader.clone(),
+                    entry: want.clone(),
+                };
+            }
+        }
+    }
+}
+
 /// The paths an item reads or changes.
 fn touched_paths(item: &Item) -> Vec<&RelPath> {
     let mut paths = vec![&item.path];
     match &item.op {
         Op::Rename { from, to } => paths.extend([from, to]),
+        Op::HardLink { to, entry } => paths.extend([to, &entry.path]),
         Op::RenameContent { from, entry } | Op::LocalCopy { from, entry } => {
             paths.extend([from, &entry.path])
         }
@@ -554,7 +734,8 @@ fn restore_touched_directories(items: &mut Vec<Item>, desired: &dyn Fn(&RelPath)
             | Op::Mkdir { entry }
             | Op::Transfer { entry }
             | Op::LocalCopy { entry, .. }
-            | Op::Symlink { entry } => note(&entry.path),
+            | Op::Symlink { entry }
+            | Op::HardLink { entry, .. } => note(&entry.path),
             Op::SetMeta { .. } | Op::Record | Op::Keep => {}
         }
     }
@@ -674,6 +855,8 @@ mod tests {
             target_now: &target.1,
             target_content: &content,
             restore_as: &HashMap::new(),
+            source_links: &[],
+            target_links: &[],
         };
         let plan = plan_replica(&input, &options);
         let mut lines: Vec<String> = plan
@@ -689,6 +872,131 @@ mod tests {
             .collect();
         lines.sort();
         lines
+    }
+
+    /// The names of each file with several in a side's tree now, as its
+    /// endpoint answers `hard_links`.
+    fn names_by_inode(now: &HashMap<RelPath, Entry>) -> Vec<Vec<RelPath>> {
+        let mut by_inode: HashMap<(u64, u64), Vec<RelPath>> = HashMap::new();
+        for entry in now.values().filter(|e| e.kind == Kind::File) {
+            by_inode
+                .entry((entry.dev, entry.ino))
+                .or_default()
+                .push(entry.path.clone());
+        }
+        let mut groups: Vec<Vec<RelPath>> = by_inode
+            .into_values()
+            .filter(|names| names.len() > 1)
+            .map(|mut names| {
+                names.sort();
+                names
+            })
+            .collect();
+        groups.sort();
+        groups
+    }
+
+    /// [`plan`] with `-H`, each side's links told by its inode numbers.
+    fn plan_linked(
+        source: (ChangeSet, HashMap<RelPath, Entry>),
+        target: (ChangeSet, HashMap<RelPath, Entry>),
+    ) -> Vec<String> {
+        let mut content: HashMap<Hash, Vec<RelPath>> = HashMap::new();
+        for entry in target.1.values() {
+            if let Some(hash) = entry.hash {
+                content.entry(hash).or_default().push(entry.path.clone());
+            }
+        }
+        let (source_links, target_links) = (names_by_inode(&source.1), names_by_inode(&target.1));
+        let input = ReplicaInput {
+            source: &source.0,
+            target: &target.0,
+            source_now: &source.1,
+            target_now: &target.1,
+            target_content: &content,
+            restore_as: &HashMap::new(),
+            source_links: &source_links,
+            target_links: &target_links,
+        };
+        let options = ReplicaOptions {
+            preserve: Preserve {
+                hard_links: true,
+                ..Preserve::default()
+            },
+            ..ReplicaOptions::default()
+        };
+        let mut lines: Vec<String> = plan_replica(&input, &options)
+            .items
+            .iter()
+            .filter(|i| !matches!(i.op, Op::Record))
+            .map(|i| {
+                i.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn names_of_one_file_become_links_to_one_of_them() {
+        let now = vec![file("a", 1, 1), file("b", 1, 1), file("c", 2, 2)];
+        let lines = plan_linked(side(vec![], now), side(vec![], vec![]));
+        assert_eq!(lines, vec!["create a", "create c", "hlink b => a"]);
+    }
+
+    #[test]
+    fn a_new_name_of_a_synced_file_is_linked_not_copied() {
+        let base = vec![file("a", 1, 1)];
+        let now = vec![file("a", 1, 1), file("b", 1, 1)];
+        let target = vec![file("a", 1, 11)];
+        let lines = plan_linked(side(base, now), side(target.clone(), target));
+        assert_eq!(lines, vec!["hlink b => a"]);
+    }
+
+    #[test]
+    fn names_already_linked_on_the_target_are_left_alone() {
+        let base = vec![file("a", 1, 1), file("b", 1, 1)];
+        let now = vec![file("a", 1, 1), file("b", 1, 1), file("c", 1, 1)];
+        let target = vec![file("a", 1, 11), file("b", 1, 11)];
+        let lines = plan_linked(side(base, now), side(target.clone(), target));
+        assert_eq!(lines, vec!["hlink c => a"]);
+    }
+
+    #[test]
+    fn a_name_split_from_its_file_is_written_afresh() {
+        // `b` became a file of its own on the source, same content and
+        // times: on the target it still shares `a`'s file, so it is
+        // copied, not left (or given metadata through the shared file).
+        let base = vec![file("a", 1, 1), file("b", 1, 1)];
+        let now = vec![file("a", 1, 1), file("b", 1, 5)];
+        let target = vec![file("a", 1, 11), file("b", 1, 11)];
+        let lines = plan_linked(side(base, now), side(target.clone(), target));
+        assert_eq!(lines, vec!["copy a -> b"]);
+    }
+
+    #[test]
+    fn names_whose_stats_disagree_are_not_linked() {
+        // A write through `a` that a scan of dirty paths saw for `a` only:
+        // `b`'s row lags behind. Nothing is linked to the stale name.
+        let base = vec![file("a", 1, 1), file("b", 1, 1)];
+        let now = vec![file("a", 2, 1), file("b", 1, 1)];
+        let target = vec![file("a", 1, 11), file("b", 1, 11)];
+        let lines = plan_linked(side(base, now), side(target.clone(), target));
+        assert_eq!(lines, vec!["update a"]);
+    }
+
+    #[test]
+    fn a_leader_shared_with_a_stranger_on_the_target_is_not_kept() {
+        // The target's `a` shares its file with `x`, which the source keeps
+        // apart: `a` cannot hold the group, the new name does.
+        let base = vec![file("a", 1, 1), file("x", 1, 3)];
+        let now = vec![file("a", 1, 1), file("b", 1, 1), file("x", 1, 3)];
+        let target = vec![file("a", 1, 11), file("x", 1, 11)];
+        let lines = plan_linked(side(base, now), side(target.clone(), target));
+        assert_eq!(lines, vec!["copy x -> b", "hlink a => b"]);
     }
 
     #[test]
@@ -897,6 +1205,8 @@ mod tests {
             target_now: &empty,
             target_content: &HashMap::new(),
             restore_as: &HashMap::new(),
+            source_links: &[],
+            target_links: &[],
         };
         let plan = plan_replica(&input, &ReplicaOptions::default());
         assert!(plan.touches_nothing());

@@ -592,8 +592,8 @@ fn entry_from_stat(
     } else {
         None
     };
-    let xattr_hash = if options.preserve.xattrs {
-        match xattrs_hash(abs, kind) {
+    let xattr_hash = if options.preserve.any_xattrs() {
+        match xattrs_hash(abs, kind, options.preserve) {
             Ok(hash) => Some(hash),
             Err(e) => {
                 warn(format!("cannot read extended attributes of {path}: {e}"));
@@ -846,8 +846,14 @@ pub fn entry_from_metadata(
     }
 }
 
-/// Reads the extended attributes of `path` (not following links), sorted by name.
-pub fn read_xattrs(path: &Path, kind: Kind) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Reads the extended attributes of `path` that `preserve` carries (see
+/// [`Preserve::carries_xattr`]; a link's own, a file's or directory's
+/// through links), sorted by name.
+pub fn read_xattrs(
+    path: &Path,
+    kind: Kind,
+    preserve: Preserve,
+) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut pairs = Vec::new();
     let names: Vec<_> = if kind == Kind::Symlink {
         xattr::list(path)?.collect()
@@ -855,6 +861,9 @@ pub fn read_xattrs(path: &Path, kind: Kind) -> std::io::Result<Vec<(Vec<u8>, Vec
         xattr::list_deref(path)?.collect()
     };
     for name in names {
+        if !preserve.carries_xattr(name.as_bytes()) {
+            continue;
+        }
         let value = if kind == Kind::Symlink {
             xattr::get(path, &name)?
         } else {
@@ -868,15 +877,10 @@ pub fn read_xattrs(path: &Path, kind: Kind) -> std::io::Result<Vec<(Vec<u8>, Vec
     Ok(pairs)
 }
 
-fn xattrs_hash(path: &Path, kind: Kind) -> std::io::Result<Hash> {
-    let mut hasher = blake3::Hasher::new();
-    for (name, value) in read_xattrs(path, kind)? {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(&name);
-        hasher.update(&(value.len() as u64).to_le_bytes());
-        hasher.update(&value);
-    }
-    Ok(*hasher.finalize().as_bytes())
+fn xattrs_hash(path: &Path, kind: Kind, preserve: Preserve) -> std::io::Result<Hash> {
+    Ok(crate::apply::xattr_pairs_hash(&read_xattrs(
+        path, kind, preserve,
+    )?))
 }
 
 /// BLAKE3 of a file's content.

@@ -127,6 +127,11 @@ fn serve_session(
                     .lookup(&paths)
                     .map_or_else(failed, |map| Body::Entries(map.into_values().collect())),
             ),
+            Body::HardLinks(paths) => Some(
+                endpoint
+                    .hard_links(&paths)
+                    .map_or_else(failed, Body::LinkGroups),
+            ),
             Body::FindContent(hashes) => Some(
                 endpoint
                     .find_content(&hashes)

@@ -522,8 +522,13 @@ pub fn replica_cycle(
         &mut failures,
     );
 
-    let source_now = source.lookup(&paths_to_look_up(&source_set, &target_set))?;
-    let target_now = target.lookup(&target_paths_to_look_up(&source_set, &target_set))?;
+    let links = hard_links(source, target, &source_set, &target_set, options)?;
+    let mut source_asked = paths_to_look_up(&source_set, &target_set);
+    let mut target_asked = target_paths_to_look_up(&source_set, &target_set);
+    source_asked.extend(links.also_look_up(&source_set));
+    target_asked.extend(links.also_look_up(&target_set));
+    let source_now = source.lookup(&source_asked)?;
+    let target_now = target.lookup(&target_asked)?;
     let content = target.find_content(&hashes_wanted(&source_set))?;
     let plan = plan_replica(
         &ReplicaInput {
@@ -533,6 +538,8 @@ pub fn replica_cycle(
             target_now: &target_now,
             target_content: &content,
             restore_as: &HashMap::new(),
+            source_links: &links.source,
+            target_links: &links.target,
         },
         &options.replica,
     );
@@ -603,6 +610,65 @@ pub fn replica_cycle(
     })
 }
 
+/// `-H`: the names of the files the plan looks at, on each side.
+#[derive(Default)]
+struct HardLinks {
+    source: Vec<Vec<RelPath>>,
+    target: Vec<Vec<RelPath>>,
+}
+
+impl HardLinks {
+    /// The names (and their directories) that the lookups must cover
+    /// beyond the changed paths: the other names of the source's files,
+    /// each left out where `set` describes it already.
+    fn also_look_up(&self, set: &ChangeSet) -> Vec<RelPath> {
+        let mut paths: BTreeSet<RelPath> = BTreeSet::new();
+        for name in self.source.iter().flatten() {
+            let mut path = Some(name.clone());
+            while let Some(p) = path {
+                if p.is_root() || !paths.insert(p.clone()) {
+                    break;
+                }
+                path = p.parent();
+            }
+        }
+        paths.into_iter().filter(|p| set.get(p).is_none()).collect()
+    }
+}
+
+/// Asks both sides which of the files at the changed paths have other
+/// names (`-H`): the source for every changed path, the target for those
+/// and the source's other names.
+fn hard_links(
+    source: &dyn Endpoint,
+    target: &dyn Endpoint,
+    source_set: &ChangeSet,
+    target_set: &ChangeSet,
+    options: &SyncOptions,
+) -> Result<HardLinks, EndpointError> {
+    if !options.diff.preserve.hard_links {
+        return Ok(HardLinks::default());
+    }
+    let changed: BTreeSet<RelPath> = source_set
+        .changes
+        .iter()
+        .chain(&target_set.changes)
+        .map(|c| c.path.clone())
+        .collect();
+    if changed.is_empty() {
+        return Ok(HardLinks::default());
+    }
+    let asked: Vec<RelPath> = changed.iter().cloned().collect();
+    let source_links = source.hard_links(&asked)?;
+    let mut asked = changed;
+    asked.extend(source_links.iter().flatten().cloned());
+    let target_links = target.hard_links(&asked.into_iter().collect::<Vec<_>>())?;
+    Ok(HardLinks {
+        source: source_links,
+        target: target_links,
+    })
+}
+
 /// Records on both roots what the plan is about to change, so that a run
 /// killed midway leaves them as `pending`. A full pass replaces what an
 /// unfinished earlier run left (its plan is what remains of that one).
@@ -634,7 +700,8 @@ fn overwritten_drift(plan: &Plan, target: &ChangeSet, preserve: Preserve) -> Vec
                 Op::Transfer { entry }
                 | Op::LocalCopy { entry, .. }
                 | Op::RenameContent { entry, .. }
-                | Op::Symlink { entry } => (&entry.path, "replaced by the source's version"),
+                | Op::Symlink { entry }
+                | Op::HardLink { entry, .. } => (&entry.path, "replaced by the source's version"),
                 _ => return None,
             };
             let change = target.get(path)?;
@@ -733,7 +800,7 @@ fn carry_out(
         observer,
         stop,
         toward,
-        xattrs: options.diff.preserve.xattrs,
+        xattrs: options.diff.preserve.any_xattrs(),
         remove_source: options.remove_source_files && options.direction != Direction::Bidi,
         source_removed: AtomicU64::new(0),
         target_now,
@@ -1239,18 +1306,19 @@ const DELTA_MIN_SIZE: u64 = 64 * 1024;
 
 impl Run<'_> {
     fn execute(&self, plan: &Plan) {
-        let mut phases: [Vec<&Item>; 5] = Default::default();
+        let mut phases: [Vec<&Item>; 6] = Default::default();
         for item in &plan.items {
             let index = match item.op.phase() {
                 Phase::Renames => 0,
                 Phase::Deletes => 1,
                 Phase::Mkdirs => 2,
                 Phase::Files => 3,
-                Phase::DirMeta => 4,
+                Phase::Links => 4,
+                Phase::DirMeta => 5,
             };
             phases[index].push(item);
         }
-        let [renames, mut deletes, mut mkdirs, files, mut dir_meta] = phases;
+        let [renames, mut deletes, mut mkdirs, files, links, mut dir_meta] = phases;
         deletes.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
         mkdirs.sort_by_key(|item| item.path.depth());
 
@@ -1267,6 +1335,10 @@ impl Run<'_> {
         transfers.extend(self.run_batches(&others, true).stale);
         transfers.extend(streamed.into_iter().map(|item| (item, None)));
         self.transfer_all(transfers);
+        // A name whose file is not in place as planned (its transfer
+        // failed, say) gets the data of its own instead.
+        let unlinked = self.run_batches(&links, true).stale;
+        self.transfer_all(unlinked);
         // New directories get their final metadata once their contents are in.
         dir_meta.extend(created_dirs);
         dir_meta.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
@@ -1395,7 +1467,8 @@ impl Run<'_> {
         let entry_of = |item: &Item| match &item.op {
             Op::Transfer { entry }
             | Op::LocalCopy { entry, .. }
-            | Op::RenameContent { entry, .. } => entry.clone(),
+            | Op::RenameContent { entry, .. }
+            | Op::HardLink { entry, .. } => entry.clone(),
             _ => unreachable!("only file content is transferred"),
         };
         let use_delta = self.source.is_remote() || self.target.is_remote();
@@ -1503,7 +1576,7 @@ impl Run<'_> {
     }
 
     /// The source's extended attributes for each operation that sets
-    /// metadata, fetched in one call (only with `--xattrs`).
+    /// metadata, fetched in one call (only with `--xattrs` or `-A`).
     fn xattrs_for(&self, batch: &[(&Item, Op)]) -> Vec<Option<Xattrs>> {
         let wanted = |op: &Op| match op {
             Op::Symlink { entry }

@@ -10,7 +10,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 3)"
+    ", protocol 4)"
 );
 
 #[derive(Parser)]
@@ -166,9 +166,15 @@ pub struct SyncArgs {
     /// Also preserve the group (gid)
     #[arg(long)]
     pub group: bool,
-    /// Also preserve extended attributes
+    /// Also preserve extended attributes (POSIX ACLs: with -A)
     #[arg(long)]
     pub xattrs: bool,
+    /// Also preserve hard links: names sharing a file in the tree share one on the target (push and pull)
+    #[arg(short = 'H', long)]
+    pub hard_links: bool,
+    /// Also preserve POSIX ACLs (access ACLs, and default ACLs of directories)
+    #[arg(short = 'A', long)]
+    pub acls: bool,
     /// Decide "changed" by content hash, not size+mtime+inode
     #[arg(long)]
     pub checksum: bool,

@@ -129,6 +129,11 @@ fn check_sync_args(direction: Direction, args: &SyncArgs) -> Result<(), Failure>
     if let Some(dir) = &args.backup_dir {
         snapsync::backup::BackupDir::parse(dir).map_err(Failure::usage)?;
     }
+    if direction == Direction::Bidi && args.hard_links {
+        return Err(Failure::usage(
+            "-H/--hard-links applies to push and pull only: bidi would have to merge two sides' links into one structure, which it does not do; sync the linked tree one way, or run bidi without -H (each name then syncs as a file of its own)",
+        ));
+    }
     Ok(())
 }
 
@@ -153,6 +158,8 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         owner: args.owner,
         group: args.group,
         xattrs: args.xattrs,
+        hard_links: args.hard_links,
+        acls: args.acls,
     };
     let options = SyncOptions {
         direction,

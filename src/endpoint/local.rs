@@ -288,6 +288,10 @@ impl LocalEndpoint {
                 .symlink(entry, xattrs)
                 .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
                 .map_err(|e| Self::failure(&entry.path, e)),
+            Op::HardLink { to, entry } => tree
+                .hard_link(to, entry)
+                .map(|new| done(Some(SnapshotUpdate::Upsert(new)), 0))
+                .map_err(|e| Self::failure(&entry.path, e)),
             Op::SetMeta { entry, .. } => {
                 let hash = self
                     .scanned_entry(&entry.path)
@@ -350,7 +354,7 @@ impl LocalEndpoint {
             }
         }
         let xattrs = if xattrs {
-            read_xattrs(&path, entry.kind).ok()
+            read_xattrs(&path, entry.kind, self.tree.preserve()).ok()
         } else {
             None
         };
@@ -581,6 +585,35 @@ impl LocalEndpoint {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => kept(format!("cannot remove {}: {e}", entry.path)),
         }
+    }
+
+    /// `-H`, scanning dirty paths: the other names the snapshot records
+    /// for the files now at `paths` that have several. A write through one
+    /// name is reported for that name only, yet changes them all.
+    fn other_names(&self, paths: &[RelPath], db: &SessionDb) -> Result<Vec<RelPath>, StateError> {
+        let follow = self.follow_links.load(Ordering::Relaxed);
+        let inodes: HashSet<(u64, u64)> = paths
+            .iter()
+            .filter_map(|path| {
+                let abs = path.under(&self.root);
+                let meta = if follow {
+                    fs::metadata(abs)
+                } else {
+                    fs::symlink_metadata(abs)
+                };
+                meta.ok()
+                    .filter(|m| m.is_file() && m.nlink() > 1)
+                    .map(|m| (m.dev(), m.ino()))
+            })
+            .collect();
+        if inodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(db
+            .files_with_inodes(&inodes)?
+            .into_iter()
+            .map(|row| row.path)
+            .collect())
     }
 
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
@@ -820,7 +853,12 @@ impl Endpoint for LocalEndpoint {
                     EndpointError::Root(format!("cannot read {}: {e}", self.describe()))
                 })?
             };
-            let set = diff_dirty(paths, trees, &SnapshotView(db), &mut tree, &options)?;
+            let partners = match db {
+                Some(db) if options.preserve.hard_links => self.other_names(paths, db)?,
+                _ => Vec::new(),
+            };
+            let paths: Vec<RelPath> = paths.iter().cloned().chain(partners).collect();
+            let set = diff_dirty(&paths, trees, &SnapshotView(db), &mut tree, &options)?;
             let worth = match (s.sizes.take(), db) {
                 (Some(worth), _) => worth,
                 (None, Some(db)) => SizesWorthHashing::from_sizes(db.file_sizes_with_hashes()?),
@@ -842,6 +880,67 @@ impl Endpoint for LocalEndpoint {
                 }
             }
             Ok(found)
+        })?
+    }
+
+    fn hard_links(&self, paths: &[RelPath]) -> Result<Vec<Vec<RelPath>>, EndpointError> {
+        let follow = self.follow_links.load(Ordering::Relaxed);
+        let changed = self.changed.read().unwrap();
+        self.with_session(|s| {
+            // Files with other names: those whose link count says so, where
+            // the disk still holds the file the scan found. Most files have
+            // one name, and then the snapshot is not read at all.
+            let mut inodes: HashSet<(u64, u64)> = HashSet::new();
+            for path in paths {
+                let Some(entry) = s.as_scanned(&changed, path)? else {
+                    continue;
+                };
+                if entry.kind != Kind::File {
+                    continue;
+                }
+                let abs = path.under(&self.root);
+                let meta = if follow {
+                    fs::metadata(&abs)
+                } else {
+                    fs::symlink_metadata(&abs)
+                };
+                if meta.is_ok_and(|m| m.nlink() > 1 && m.dev() == entry.dev && m.ino() == entry.ino)
+                {
+                    inodes.insert((entry.dev, entry.ino));
+                }
+            }
+            if inodes.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Their names: where the scan found them changed, else as their
+            // rows record them (the scan found those so).
+            let mut names: HashMap<(u64, u64), Vec<RelPath>> = HashMap::new();
+            for (path, now) in changed.iter() {
+                if let Some(e) = now.as_ref().filter(|e| e.kind == Kind::File) {
+                    if inodes.contains(&(e.dev, e.ino)) {
+                        names.entry((e.dev, e.ino)).or_default().push(path.clone());
+                    }
+                }
+            }
+            if let Some((db, scanned)) = s.snapshot() {
+                for row in db.files_with_inodes(&inodes)? {
+                    let is_changed = changed.binary_search_by(|(p, _)| p.cmp(&row.path)).is_ok();
+                    if !is_changed && scanned.covers(&row) {
+                        names.entry((row.dev, row.ino)).or_default().push(row.path);
+                    }
+                }
+            }
+            let mut groups: Vec<Vec<RelPath>> = names
+                .into_values()
+                .map(|mut group| {
+                    group.sort();
+                    group.dedup();
+                    group
+                })
+                .filter(|group| group.len() > 1)
+                .collect();
+            groups.sort();
+            Ok(groups)
         })?
     }
 
@@ -977,7 +1076,7 @@ impl Endpoint for LocalEndpoint {
     fn read_xattrs(&self, entries: &[Entry]) -> Result<Vec<Option<Xattrs>>, EndpointError> {
         Ok(entries
             .iter()
-            .map(|e| read_xattrs(&e.path.under(&self.root), e.kind).ok())
+            .map(|e| read_xattrs(&e.path.under(&self.root), e.kind, self.tree.preserve()).ok())
             .collect())
     }
 

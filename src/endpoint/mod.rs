@@ -189,6 +189,12 @@ pub trait Endpoint: Send + Sync {
     /// Current entries of these paths, as of the scan; absent paths are left out.
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError>;
 
+    /// `-H`: for each of these paths that is, as of the scan, a file with
+    /// other names in the tree the scan covered, all its names: each group
+    /// once, sorted. Paths that are no file, or the file's only name in
+    /// the tree (its other names excluded, or outside the root), are left out.
+    fn hard_links(&self, paths: &[RelPath]) -> Result<Vec<Vec<RelPath>>, EndpointError>;
+
     /// Paths whose content is known to have these hashes.
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError>;
 

@@ -485,6 +485,14 @@ impl Endpoint for RemoteEndpoint {
         Ok(entries.into_iter().map(|e| (e.path.clone(), e)).collect())
     }
 
+    fn hard_links(&self, paths: &[RelPath]) -> Result<Vec<Vec<RelPath>>, EndpointError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self.conn.call(Body::HardLinks(paths.to_vec()))?;
+        expect_reply!(reply, Body::LinkGroups(groups) => groups)
+    }
+
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError> {
         let reply = self.conn.call(Body::FindContent(hashes.to_vec()))?;
         let content = expect_reply!(reply, Body::Content(content) => content)?;

@@ -754,6 +754,39 @@ impl SessionDb {
         Ok(entries)
     }
 
+    /// The file rows recording one of these inodes (device, inode): the
+    /// other names of a file (`-H`). One pass over three columns, like
+    /// [`SessionDb::files_with_hashes`], for the same reason (no index).
+    pub fn files_with_inodes(
+        &self,
+        wanted: &HashSet<(u64, u64)>,
+    ) -> Result<Vec<Entry>, StateError> {
+        let mut paths = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT path, dev, ino FROM entries WHERE kind = ?1")
+                .map_err(self.corrupt())?;
+            let mut rows = stmt.query([Kind::File.code()]).map_err(self.corrupt())?;
+            while let Some(row) = rows.next().map_err(self.corrupt())? {
+                let dev = row.get::<_, i64>(1).map_err(self.corrupt())? as u64;
+                let ino = row.get::<_, i64>(2).map_err(self.corrupt())? as u64;
+                if wanted.contains(&(dev, ino)) {
+                    paths.push(row.get::<_, Vec<u8>>(0).map_err(self.corrupt())?);
+                }
+            }
+        }
+        let mut entries = Vec::with_capacity(paths.len());
+        for path in paths {
+            let path = RelPath::new(&path).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("snapshot row has {e}"),
+            })?;
+            entries.extend(self.entry(&path)?);
+        }
+        Ok(entries)
+    }
+
     pub fn entry_count(&self) -> Result<u64, StateError> {
         self.conn
             .query_row("SELECT count(*) FROM entries", [], |row| {

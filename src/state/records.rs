@@ -100,7 +100,10 @@ impl Pending {
             Op::Rename { .. } => (PlannedOp::Rename, None),
             Op::RenameContent { entry, .. } => (PlannedOp::Rename, Some(entry)),
             Op::Delete { entry } | Op::DeleteTree { entry, .. } => (PlannedOp::Delete, Some(entry)),
-            Op::Mkdir { entry } | Op::Transfer { entry } | Op::Symlink { entry } => {
+            Op::Mkdir { entry }
+            | Op::Transfer { entry }
+            | Op::Symlink { entry }
+            | Op::HardLink { entry, .. } => {
                 let op = if item.replaces {
                     PlannedOp::Update
                 } else {
