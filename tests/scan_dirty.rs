@@ -33,6 +33,7 @@ fn push(src: &Path, dst: &Path) {
         log_verbose: false,
         diff: DiffOptions::default(),
         replica: ReplicaOptions::default(),
+        max_delete: None,
     };
     let source = LocalEndpoint::new(src.to_path_buf(), None, Preserve::default());
     let target = LocalEndpoint::new(dst.to_path_buf(), None, Preserve::default());
@@ -50,6 +51,8 @@ fn request(role: Role) -> SessionRequest {
         dry_run: false,
         log_max: snapsync::log::DEFAULT_MAX,
         log_verbose: false,
+        probe: false,
+        count_rows: false,
     }
 }
 
