@@ -191,7 +191,7 @@ struct Opened {
 
 impl Opened {
     /// Whether this run's scans are held to the guards: once established,
-    /// unless `-x` waves them.
+    /// unless `-x` waives them.
     fn guarded(&self, options: &SyncOptions) -> bool {
         self.established && !options.reset
     }
@@ -233,11 +233,10 @@ fn open_pair(
         probe,
         count_rows: matches!(options.max_delete, Some(MaxDelete::Percent(_))),
     };
-    // Both roots are looked at before either is opened, since opening
-    // writes (a target made, a state directory, a root id, a database): a
-    // root that lost its state must not get a new one first, and neither
-    // root is touched when the other is unusable.
-    // The source first, as below.
+    // Both roots are looked at (the source first, as below) before either
+    // is opened, since opening writes (a target made, a state directory, a
+    // root id, a database): a root that lost its state must not get a new
+    // one first, and neither root is touched when the other is unusable.
     let (local_found, remote_found) = if options.direction == Direction::Pull {
         let remote_found = remote.open_session(&request(remote_role, true))?;
         (
