@@ -529,6 +529,40 @@ fn an_emptied_root_is_refused_on_either_side() {
 }
 
 #[test]
+fn a_root_whose_state_lives_elsewhere_is_judged_by_that_state() {
+    for reach in REACHES {
+        let pair = Pair::unsynced("pull", reach);
+        let state = pair.tmp.path().join("state");
+        let state_arg = state.to_str().unwrap();
+        let case = format!("{reach:?}");
+        for file in FILES {
+            write(&pair.remote, file, b"data");
+        }
+        assert_code(&pair.run(&["--state-dir", state_arg]), 0);
+        // The disk holding the local root unmounted: its state, kept
+        // elsewhere, still says what the root held.
+        unmount(&pair.local);
+        // That state directory's log aside, as `everything` leaves out the
+        // ones in `.snapsync/`.
+        let state_now = || -> BTreeMap<String, String> {
+            everything(&state)
+                .into_iter()
+                .filter(|(path, _)| !path.starts_with("logs"))
+                .collect()
+        };
+        let before = (pair.everything(), state_now());
+        let out = pair.run(&["--state-dir", state_arg]);
+        assert_refused(&out, &case, &[&pair.name(Side::Local), "is empty"]);
+        assert_eq!((pair.everything(), state_now()), before, "{case}");
+        // The mount point gone too.
+        fs::remove_dir(&pair.local).unwrap();
+        let out = pair.run(&["--state-dir", state_arg]);
+        assert_refused(&out, &case, &["does not exist", "synced it before"]);
+        assert!(!pair.local.exists(), "{case}: the root was made again");
+    }
+}
+
+#[test]
 fn a_root_holding_only_excluded_entries_counts_as_empty() {
     for reach in REACHES {
         let pair = Pair::new("push", reach);
@@ -742,7 +776,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// each burst of changes one cycle.
 struct Running {
     child: std::process::Child,
-    _stdout: BufReader<std::process::ChildStdout>,
+    _stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Running {
@@ -762,7 +796,7 @@ impl Running {
         );
         Running {
             child,
-            _stdout: stdout,
+            _stdout: Some(stdout),
         }
     }
 
@@ -841,8 +875,19 @@ fn a_continuous_session_ends_when_its_disk_goes() {
             "{case}: something was written into the empty mount point"
         );
         // Started again on the unmounted root, its first pass is refused.
-        let out = pair.run(&["-C"]);
-        assert_refused(&out, &case, &["no snapshot"]);
+        let again = pair
+            .command(&["-C"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (code, err) = Running {
+            child: again,
+            _stdout: None,
+        }
+        .ended();
+        assert_eq!(code, Some(1), "{case}: {err}");
+        assert!(err.contains("no snapshot"), "{case}: {err}");
     }
 }
 
