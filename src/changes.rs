@@ -87,6 +87,18 @@ pub struct ChangeSet {
     pub files_scanned: u64,
     /// Paths the scan skipped on purpose, for the user to see.
     pub warnings: Vec<String>,
+    /// Rows of the snapshot the scan compared with: after a full scan,
+    /// those the filters cover; after a scan of dirty paths, all of them,
+    /// counted only when asked for (`--max-delete P%`) or when the root
+    /// was found emptied.
+    pub snapshot_rows: Option<u64>,
+    /// The root holds no entry the session syncs, while its snapshot holds
+    /// some (a scan of dirty paths looks only when it found a deletion).
+    pub emptied: bool,
+    /// The root's state directory no longer holds the root id the session
+    /// opened with (removed, or the root replaced under a running session):
+    /// nothing was scanned.
+    pub state_gone: bool,
 }
 
 impl ChangeSet {
@@ -121,6 +133,7 @@ pub fn diff_stream(
     options: &DiffOptions,
 ) -> ChangeSet {
     let mut set = ChangeSet::default();
+    let mut rows = 0u64;
     let mut snap = snapshot.into_iter().peekable();
     let mut scan = scan.into_iter().peekable();
     loop {
@@ -139,6 +152,7 @@ pub fn diff_stream(
                         .iter()
                         .any(|(dir, _)| before.path.starts_with(dir))
                 };
+                rows += u64::from(covered);
                 if !covered {
                     set.forgotten.push(before.path);
                 } else if !under_unreadable() {
@@ -166,6 +180,7 @@ pub fn diff_stream(
                 let Some(Scanned::Entry(mut after)) = scan.next() else {
                     unreachable!("only an entry stands at a path")
                 };
+                rows += 1;
                 set.files_scanned += 1;
                 if unchanged(&before, &after, options) {
                     continue;
@@ -182,6 +197,8 @@ pub fn diff_stream(
             }
         }
     }
+    set.snapshot_rows = Some(rows);
+    set.emptied = rows > 0 && set.files_scanned == 0 && set.unreadable.is_empty();
     set
 }
 
@@ -277,7 +294,11 @@ pub fn diff_dirty<S: SnapshotRows>(
     rows.dedup_by(|a, b| a.path == b.path);
     items.sort_by(Scanned::cmp_item);
     items.dedup_by(|a, b| a.cmp_item(b) == Ordering::Equal);
-    Ok(diff_stream(rows, items, options))
+    let mut set = diff_stream(rows, items, options);
+    // Counted over the dirty paths only, they say nothing of the whole.
+    set.snapshot_rows = None;
+    set.emptied = false;
+    Ok(set)
 }
 
 /// True when what stands at a path now and what its row records are not
@@ -596,6 +617,35 @@ mod tests {
         let set = diff_stream(snap, vec![], &options);
         assert!(set.changes.is_empty());
         assert_eq!(set.forgotten.len(), 1);
+    }
+
+    #[test]
+    fn a_scan_measures_the_snapshot_and_sees_an_emptied_root() {
+        let filters = Filters::new(&[crate::filter::RuleSpec {
+            kind: crate::filter::RuleKind::Exclude,
+            pattern: "*.log".into(),
+        }])
+        .unwrap();
+        let options = DiffOptions {
+            filters,
+            ..DiffOptions::default()
+        };
+        let snap = || sorted(vec![file("a", 1, 1, None), file("b.log", 2, 1, None)]);
+        // Only the rows the filters cover count.
+        let emptied = diff_stream(snap(), vec![], &options);
+        assert_eq!(emptied.snapshot_rows, Some(1));
+        assert!(emptied.emptied);
+        let kept = diff_stream(snap(), scanned(vec![file("a", 1, 1, None)]), &options);
+        assert_eq!(kept.snapshot_rows, Some(1));
+        assert!(!kept.emptied);
+        // Nothing recorded: an empty root is just empty.
+        assert!(!diff_stream(vec![], vec![], &options).emptied);
+        // A root that cannot be listed is not empty.
+        let unreadable = vec![Scanned::Unreadable {
+            dir: RelPath::root(),
+            reason: "denied".into(),
+        }];
+        assert!(!diff_stream(snap(), unreadable, &options).emptied);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod changes;
 pub mod delta;
 pub mod endpoint;
 pub mod filter;
+pub mod guard;
 pub mod lineage;
 pub mod log;
 pub mod model;

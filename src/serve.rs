@@ -73,6 +73,11 @@ pub fn serve(
                 let endpoint =
                     LocalEndpoint::new(PathBuf::from(OsStr::from_bytes(&root)), None, preserve);
                 match endpoint.open_session(&request) {
+                    // A probe only looks: the session is opened next.
+                    Ok(facts) if request.probe => {
+                        let root_id = facts.root_id.clone();
+                        send(&out, envelope.call, Body::Opened { facts, root_id }, true)?;
+                    }
                     Ok(facts) => {
                         let root_id = endpoint.root_id();
                         send(&out, envelope.call, Body::Opened { facts, root_id }, true)?;

@@ -18,6 +18,7 @@ use crate::endpoint::{
     Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, ReportSink, Role, RunEnd,
     SessionRequest, WatchReport, WatchTiming,
 };
+use crate::guard::{self, MaxDelete, Refusal};
 use crate::lineage::{self, Edge};
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
@@ -65,6 +66,8 @@ pub struct SyncOptions {
     /// `--remove-source-files` (push and pull): the source removes each
     /// file whose copy the target confirmed in this run.
     pub remove_source_files: bool,
+    /// `--max-delete`: refuse a run whose plan deletes more.
+    pub max_delete: Option<MaxDelete>,
 }
 
 /// What one cycle scans on each side: everything, or (in continuous mode)
@@ -158,6 +161,8 @@ pub struct Outcome {
     pub failures: Vec<(RelPath, String)>,
     /// Stopped by a signal before the plan was done.
     pub interrupted: bool,
+    /// A dry run whose plan a real run would refuse (`--max-delete`): why.
+    pub refused: Option<String>,
 }
 
 /// Runs one push, pull or bidi sync between `local` and `remote`. `stop` is
@@ -170,7 +175,8 @@ pub fn run_replica(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<Outcome, EndpointError> {
-    let decided = open_pair(local, remote, options, observer)?;
+    let opened = open_pair(local, remote, options, observer)?;
+    let guarded = opened.guarded(options);
     cycle(
         local,
         remote,
@@ -178,24 +184,54 @@ pub fn run_replica(
         observer,
         stop,
         &Scope::Full,
-        decided,
+        opened.decided,
+        guarded,
     )
 }
 
+/// What opening the session on both roots found.
+struct Opened {
+    /// The decisions `resolve` recorded (bidi).
+    decided: Vec<(Side, Decision)>,
+    /// The session has completed a run on both roots (see
+    /// [`guard::established`]).
+    established: bool,
+}
+
+impl Opened {
+    /// Whether this run's scans are held to the guards: once established,
+    /// unless `-x` waives them.
+    fn guarded(&self, options: &SyncOptions) -> bool {
+        self.established && !options.reset
+    }
+}
+
+/// How messages name each root.
+fn root_names(local: &dyn Endpoint, remote: &dyn Endpoint) -> (String, String) {
+    (
+        format!("local root {}", local.describe()),
+        format!("remote root {}", remote.describe()),
+    )
+}
+
+fn refused(options: &SyncOptions, refusal: Refusal) -> EndpointError {
+    EndpointError::Refused(format!("refusing session `{}`: {refusal}", options.session))
+}
+
 /// Opens the session on both roots (the direction decides their roles),
-/// refuses a loop, and returns the decisions `resolve` recorded (bidi).
+/// after the guards have looked at both, and refuses a loop.
 fn open_pair(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
     options: &SyncOptions,
     observer: &dyn Observer,
-) -> Result<Vec<(Side, Decision)>, EndpointError> {
+) -> Result<Opened, EndpointError> {
     let (local_role, remote_role) = match options.direction {
         Direction::Push => (Role::Source, Role::Target),
         Direction::Pull => (Role::Target, Role::Source),
         Direction::Bidi => (Role::Both, Role::Both),
     };
-    let request = |role| SessionRequest {
+    let request = |role, probe| SessionRequest {
         session: options.session.clone(),
         direction: options.direction.as_str().to_string(),
         role,
@@ -205,7 +241,42 @@ fn open_pair(
         log_verbose: options.log_verbose,
         backup_dir: options.backup_dir.clone(),
         remove_source_files: options.remove_source_files,
+        probe,
+        count_rows: matches!(options.max_delete, Some(MaxDelete::Percent(_))),
     };
+    // Both roots are looked at (the source first, as below) before either
+    // is opened, since opening writes (a target made, a state directory, a
+    // root id, a database): a root that lost its state must not get a new
+    // one first, and neither root is touched when the other is unusable.
+    let (local_found, remote_found) = if options.direction == Direction::Pull {
+        let remote_found = remote.open_session(&request(remote_role, true))?;
+        (
+            local.open_session(&request(local_role, true))?,
+            remote_found,
+        )
+    } else {
+        let local_found = local.open_session(&request(local_role, true))?;
+        (
+            local_found,
+            remote.open_session(&request(remote_role, true))?,
+        )
+    };
+    let (local_name, remote_name) = root_names(local, remote);
+    guard::check_roots(
+        guard::Root {
+            name: &local_name,
+            source_only: local_role == Role::Source,
+            facts: &local_found,
+        },
+        guard::Root {
+            name: &remote_name,
+            source_only: remote_role == Role::Source,
+            facts: &remote_found,
+        },
+        options.reset,
+    )
+    .map_err(|refusal| refused(options, refusal))?;
+    let request = |role| request(role, false);
     // The source opens first: a missing source is the error to report.
     let (local_facts, remote_facts) = if options.direction == Direction::Pull {
         let remote_facts = remote.open_session(&request(remote_role))?;
@@ -222,10 +293,15 @@ fn open_pair(
         options,
         observer,
     )?;
-    Ok(decisions_of(local_facts, remote_facts))
+    Ok(Opened {
+        established: guard::established(&local_facts, &remote_facts),
+        decided: decisions_of(local_facts, remote_facts),
+    })
 }
 
-/// One pass of whichever direction the session has.
+/// One pass of whichever direction the session has; `guarded`: its scans
+/// are held to the guards (an emptied root stops it).
+#[allow(clippy::too_many_arguments)]
 fn cycle(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
@@ -234,10 +310,13 @@ fn cycle(
     stop: &AtomicBool,
     scope: &Scope,
     decided: Vec<(Side, Decision)>,
+    guarded: bool,
 ) -> Result<Outcome, EndpointError> {
     match options.direction {
-        Direction::Bidi => bidi_cycle(local, remote, options, observer, stop, scope, decided),
-        _ => replica_cycle(local, remote, options, observer, stop, scope),
+        Direction::Bidi => bidi_cycle(
+            local, remote, options, observer, stop, scope, decided, guarded,
+        ),
+        _ => replica_cycle(local, remote, options, observer, stop, scope, guarded),
     }
 }
 
@@ -287,7 +366,8 @@ pub fn run_continuous(
         }
     };
     let mut remote = connect()?;
-    let decided = open_pair(local, remote.as_ref(), options, observer)?;
+    let opened = open_pair(local, remote.as_ref(), options, observer)?;
+    let guarded = opened.guarded(options);
     // Watching starts before the first pass, so nothing changed during it
     // goes unseen (its first reports may repeat what the pass found).
     watch(Side::Local, local);
@@ -299,9 +379,19 @@ pub fn run_continuous(
         observer,
         stop,
         &Scope::Full,
-        decided,
+        opened.decided,
+        guarded,
     )?;
     each(&first);
+    // The first pass ran to its end (else `stop` is set): the session is
+    // established, and `-x` has done its work. From here on every cycle
+    // is held to the guards (an unmounted disk under a running session
+    // must not empty its peer), and reconnecting opens the session as it
+    // is, looked at first.
+    let options = &SyncOptions {
+        reset: false,
+        ..options.clone()
+    };
     let mut next_rescan = Instant::now() + continuous.scan_interval;
     let mut told: BTreeSet<String> = BTreeSet::new();
     // While conflicts are pending, `resolve` may be run beside the session:
@@ -355,6 +445,7 @@ pub fn run_continuous(
                 stop,
                 &scope,
                 decided,
+                true,
             )
         });
         match result {
@@ -383,6 +474,7 @@ pub fn run_continuous(
                     stop,
                     &Scope::Full,
                     decided,
+                    true,
                 )?;
                 each(&outcome);
             }
@@ -486,7 +578,8 @@ fn merge_reports(reports: Vec<(Side, WatchReport)>, fallback: &mut dyn FnMut(&st
 }
 
 /// One pass of a push or pull whose session is open: scan (all, or only
-/// what `scope` names), plan, carry out, record.
+/// what `scope` names), plan, carry out, record. `guarded`: an emptied
+/// root stops it before anything changes.
 pub fn replica_cycle(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
@@ -494,6 +587,7 @@ pub fn replica_cycle(
     observer: &dyn Observer,
     stop: &AtomicBool,
     scope: &Scope,
+    guarded: bool,
 ) -> Result<Outcome, EndpointError> {
     let clock = Instant::now();
     let started_at = chrono_like_now();
@@ -515,6 +609,11 @@ pub fn replica_cycle(
         (source_set, target_set)
     });
     let (source_set, target_set) = (source_set?, target_set?);
+    let (local_set, remote_set) = match options.direction {
+        Direction::Pull => (&target_set, &source_set),
+        _ => (&source_set, &target_set),
+    };
+    check_scans(local, remote, local_set, remote_set, guarded, options)?;
     let mut failures: Vec<(RelPath, String)> = Vec::new();
     report_scans(
         [(&source_set, source), (&target_set, target)],
@@ -548,6 +647,13 @@ pub fn replica_cycle(
         observer.warning(&warning);
     }
     let files_scanned = source_set.files_scanned + target_set.files_scanned;
+    let (to_local, to_remote) = match options.direction {
+        Direction::Pull => (&plan, &Plan::default()),
+        _ => (&Plan::default(), &plan),
+    };
+    let too_many = check_deletes(
+        local, remote, local_set, remote_set, to_local, to_remote, options,
+    )?;
 
     if options.dry_run {
         let counts = plan.counts();
@@ -562,6 +668,7 @@ pub fn replica_cycle(
             conflicts: Vec::new(),
             failures,
             interrupted: false,
+            refused: too_many,
         });
     }
 
@@ -607,6 +714,7 @@ pub fn replica_cycle(
         conflicts: Vec::new(),
         failures,
         interrupted,
+        refused: None,
     })
 }
 
@@ -667,6 +775,71 @@ fn hard_links(
         source: source_links,
         target: target_links,
     })
+}
+
+/// The guard on both scans: an emptied root stops the run (when
+/// `guarded`), before anything is changed.
+fn check_scans(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    local_set: &ChangeSet,
+    remote_set: &ChangeSet,
+    guarded: bool,
+    options: &SyncOptions,
+) -> Result<(), EndpointError> {
+    let (local_name, remote_name) = root_names(local, remote);
+    let scanned = |name, set: &ChangeSet| guard::Scanned {
+        name,
+        emptied: set.emptied,
+        snapshot_rows: set.snapshot_rows,
+        state_gone: set.state_gone,
+    };
+    guard::check_scans(
+        guarded,
+        &[
+            scanned(&local_name, local_set),
+            scanned(&remote_name, remote_set),
+        ],
+    )
+    .map_err(|refusal| refused(options, refusal))
+}
+
+/// `--max-delete` against what the plans delete on each root. Refused:
+/// an error, or in a dry run (which shows the plan) the reason, for the
+/// outcome to carry.
+fn check_deletes(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    local_set: &ChangeSet,
+    remote_set: &ChangeSet,
+    to_local: &Plan,
+    to_remote: &Plan,
+    options: &SyncOptions,
+) -> Result<Option<String>, EndpointError> {
+    let (local_name, remote_name) = root_names(local, remote);
+    let deletes = |name, set: &ChangeSet, plan: &Plan| guard::Deletes {
+        name,
+        planned: plan.counts().deleted,
+        base: set
+            .snapshot_rows
+            .filter(|&rows| rows > 0)
+            .unwrap_or(set.files_scanned),
+    };
+    let verdict = guard::check_deletes(
+        options.max_delete,
+        &[
+            deletes(&local_name, local_set, to_local),
+            deletes(&remote_name, remote_set, to_remote),
+        ],
+    );
+    match verdict {
+        Ok(()) => Ok(None),
+        Err(refusal) if options.dry_run => Ok(Some(format!(
+            "a run of session `{}` would be refused: {refusal}",
+            options.session
+        ))),
+        Err(refusal) => Err(refused(options, refusal)),
+    }
 }
 
 /// Records on both roots what the plan is about to change, so that a run
@@ -834,7 +1007,9 @@ fn decisions_of(local: SessionFacts, remote: SessionFacts) -> Vec<(Side, Decisio
     decided
 }
 
-/// One pass of a bidi session whose session is open.
+/// One pass of a bidi session whose session is open. `guarded`: an
+/// emptied root stops it before anything changes.
+#[allow(clippy::too_many_arguments)]
 pub fn bidi_cycle(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
@@ -843,6 +1018,7 @@ pub fn bidi_cycle(
     stop: &AtomicBool,
     scope: &Scope,
     decided: Vec<(Side, Decision)>,
+    guarded: bool,
 ) -> Result<Outcome, EndpointError> {
     let clock = Instant::now();
     let started_at = chrono_like_now();
@@ -899,6 +1075,7 @@ pub fn bidi_cycle(
         Ok::<_, EndpointError>((local_set?, remote_set?))
     };
     let (mut local_set, mut remote_set) = scan_both()?;
+    check_scans(local, remote, &local_set, &remote_set, guarded, options)?;
     if !options.dry_run && !keep_both.is_empty() {
         // `resolve --keep both`: the other side's version moves aside under
         // a name of its own, then both names are synced as any change is.
@@ -980,6 +1157,15 @@ pub fn bidi_cycle(
         observer.conflict(conflict);
     }
     let files_scanned = local_set.files_scanned + remote_set.files_scanned;
+    let too_many = check_deletes(
+        local,
+        remote,
+        &local_set,
+        &remote_set,
+        &plan.to_local,
+        &plan.to_remote,
+        options,
+    )?;
 
     let mut counts = plan.to_remote.counts();
     let (mut sent, mut received) = (0, 0);
@@ -1083,6 +1269,7 @@ pub fn bidi_cycle(
         conflicts: plan.conflicts,
         failures,
         interrupted,
+        refused: too_many,
     })
 }
 

@@ -10,6 +10,10 @@
 //! - a second run does nothing;
 //! - the run exits 0 (no conflicts) or 4 (conflicts), never 1 or 3.
 //!
+//! Each root keeps one file the operations never touch ([`KEEP`]): a root
+//! emptied while its snapshot holds entries is refused by a guard (exit 1,
+//! see `tests/guards.rs`), which is not what this test is about.
+//!
 //! Seeds are deterministic. `BIDI_SEEDS=N` runs more (CI runs the default);
 //! a seed that once failed goes into `REGRESSIONS` and stays there.
 
@@ -38,6 +42,8 @@ struct World {
 }
 
 const FILE_NAMES: [&str; 4] = ["f1", "f2", "g.txt", "h"];
+/// The file on both sides that no operation touches.
+const KEEP: &str = "keep";
 const DIR_NAMES: [&str; 3] = ["d1", "d2", "e"];
 
 impl World {
@@ -46,6 +52,7 @@ impl World {
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(&b).unwrap();
+        fs::write(a.join(KEEP), b"kept on both sides").unwrap();
         World {
             _tmp: tmp,
             a,
@@ -83,6 +90,9 @@ impl World {
     fn entries(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let (mut files, mut dirs) = (Vec::new(), Vec::new());
         for (rel, node) in tree(root) {
+            if rel == KEEP.as_bytes() {
+                continue;
+            }
             let path = PathBuf::from(String::from_utf8(rel).unwrap());
             match node {
                 Node::File { .. } => files.push(path),

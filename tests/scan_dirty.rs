@@ -35,6 +35,7 @@ fn push(src: &Path, dst: &Path) {
         replica: ReplicaOptions::default(),
         backup_dir: None,
         remove_source_files: false,
+        max_delete: None,
     };
     let source = LocalEndpoint::new(src.to_path_buf(), None, Preserve::default());
     let target = LocalEndpoint::new(dst.to_path_buf(), None, Preserve::default());
@@ -54,6 +55,8 @@ fn request(role: Role) -> SessionRequest {
         log_verbose: false,
         backup_dir: None,
         remove_source_files: false,
+        probe: false,
+        count_rows: false,
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use snapsync::guard::MaxDelete;
 use snapsync::scan::LinkMode;
 
 pub const VERSION: &str = concat!(
@@ -157,6 +158,9 @@ pub struct SyncArgs {
     /// the target (directories stay); implies --no-delete
     #[arg(long)]
     pub remove_source_files: bool,
+    /// Refuse a run whose plan deletes more than N paths, or more than P% of a side's paths
+    #[arg(long, value_name = "N|P%", value_parser = parse_max_delete)]
+    pub max_delete: Option<MaxDelete>,
     /// Symlinks: replicate as links, copy what they point to, or ignore
     #[arg(long, value_enum, default_value = "keep", value_name = "MODE")]
     pub links: Links,
@@ -362,6 +366,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .checked_mul(1u64 << shift)
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("`{text}`: give a size above zero and below 16 EiB"))
+}
+
+/// `--max-delete`: a number of paths, or a percentage.
+fn parse_max_delete(text: &str) -> Result<MaxDelete, String> {
+    text.parse()
 }
 
 #[cfg(test)]

@@ -182,6 +182,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         log_verbose: args.verbose > 0,
         backup_dir: args.backup_dir.clone(),
         remove_source_files: args.remove_source_files,
+        max_delete: args.max_delete,
     };
     let log_file = args.log_file.as_deref().map(absolute).transpose()?;
     let local_end =
@@ -235,6 +236,10 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
     let outcome = run_replica(&local_end, remote_end.as_ref(), &options, &printer, &stop)
         .map_err(|e| Failure::error(e.to_string()))?;
     printer.finish(&outcome);
+    if let Some(why) = &outcome.refused {
+        // A dry run shows the plan, and says that a run would be refused.
+        return Err(Failure::error(why.clone()));
+    }
     Ok(if outcome.interrupted {
         EXIT_INTERRUPTED
     } else if !outcome.failures.is_empty() {

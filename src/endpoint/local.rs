@@ -29,8 +29,12 @@ use crate::lineage::Edge;
 use crate::log::SessionLog;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
-use crate::scan::{hash_file, read_xattrs, scan_root, DiskTree, LinkMode, ScanOptions, ScanReport};
-use crate::state::{root_id, SessionDb, SessionFacts, SessionLock, SnapshotUpdate, StateError};
+use crate::scan::{
+    hash_file, read_xattrs, scan_root, DiskTree, LinkMode, ScanOptions, ScanReport, TreeNow,
+};
+use crate::state::{
+    root_id, RootState, SessionDb, SessionFacts, SessionLock, SnapshotUpdate, StateError,
+};
 use crate::watch::Watch;
 
 pub struct LocalEndpoint {
@@ -57,6 +61,11 @@ pub struct LocalEndpoint {
 }
 
 struct OpenSession {
+    /// What this open made (the root, the state directory), as long as
+    /// no run has started: taken away again when the session closes, so a
+    /// first run refused after opening (`--max-delete`, a loop) or failing
+    /// before its plan leaves no trace.
+    made: Option<Made>,
     request: SessionRequest,
     db: Option<SessionDb>,
     _lock: Option<SessionLock>,
@@ -81,6 +90,54 @@ struct OpenSession {
     /// Backup directories inside the root this session ever used: never
     /// synced (recorded in `meta` as `backup_dirs`).
     backup_dirs: Vec<RelPath>,
+}
+
+/// What an open made.
+struct Made {
+    /// Directories, top first (the state directory last, when made).
+    dirs: Vec<PathBuf>,
+    /// The session's files that were not there before.
+    files: Vec<PathBuf>,
+    state_dir: PathBuf,
+    /// The database `-x` set aside, and its place: put back.
+    aside: Option<(PathBuf, PathBuf)>,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        let Some(made) = self.made.take() else {
+            return;
+        };
+        // Closed first: the database, the lock, the log.
+        self.db.take();
+        self._lock.take();
+        self.log.take();
+        for file in &made.files {
+            let _ = fs::remove_file(file);
+        }
+        let _ = fs::remove_dir(made.state_dir.join("logs"));
+        if let Some((aside, place)) = &made.aside {
+            let _ = fs::rename(aside, place);
+        }
+        // What every session of the root shares goes only when no other
+        // session has come meanwhile.
+        let shared = ["id", "lineage", "lineage.lock"];
+        let others = fs::read_dir(&made.state_dir).map_or(true, |listing| {
+            listing
+                .flatten()
+                .any(|item| !shared.iter().any(|name| item.file_name() == *name))
+        });
+        if !others && made.dirs.last() == Some(&made.state_dir) {
+            for name in shared {
+                let _ = fs::remove_file(made.state_dir.join(name));
+            }
+        }
+        for dir in made.dirs.iter().rev() {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 struct ScannedWith {
@@ -192,6 +249,31 @@ impl LocalEndpoint {
 
     /// The state directory, relative to the root, when it lives inside it
     /// somewhere other than the default place (then it must not be synced).
+    /// The state directory no longer holds the root id the session opened
+    /// with: it was removed, or the root was replaced under a running
+    /// session (a disk unmounted, another mounted).
+    fn state_gone(&self) -> bool {
+        let Some(id) = self.root_id() else {
+            return false;
+        };
+        fs::read_to_string(self.state_dir.join("id")).map_or(true, |found| found.trim() != id)
+    }
+
+    /// Whether the root holds anything a scan would hand out (what cannot
+    /// be told counts as held).
+    fn holds_an_entry(&self, tree: &mut DiskTree) -> bool {
+        let Ok(listing) = fs::read_dir(&self.root) else {
+            return true;
+        };
+        listing.flatten().any(|item| {
+            let name = item.file_name();
+            match RelPath::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())) {
+                Ok(path) => !matches!(tree.entry(&path), crate::scan::Found::Absent),
+                Err(_) => true,
+            }
+        })
+    }
+
     fn state_dir_inside_root(&self) -> Option<RelPath> {
         let rel = self.state_dir.strip_prefix(&self.root).ok()?;
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str());
@@ -616,6 +698,49 @@ impl LocalEndpoint {
             .collect())
     }
 
+    /// What the guards need to know of this root before the session opens
+    /// on it, found without writing anything: no root made, no lock taken,
+    /// no state directory, id or database created. (The database, when
+    /// there is one, is opened to be read and closed again.)
+    fn probe(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError> {
+        let root = match fs::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => RootState::Dir,
+            Ok(_) => RootState::NotDir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => RootState::Missing,
+            Err(e) => {
+                return Err(EndpointError::Root(format!(
+                    "cannot read {}: {e}",
+                    self.describe()
+                )))
+            }
+        };
+        let root_id = fs::read_to_string(self.state_dir.join("id"))
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty());
+        let has_snapshot = SessionDb::path_for(&self.state_dir, &request.session).exists();
+        // Opened writable (never created): the last connection to close
+        // removes the write-ahead files, where a reader would leave them.
+        // With -x the snapshot goes: whatever it holds (corrupt, even) is
+        // not asked.
+        let recorded = if has_snapshot && !request.reset {
+            SessionDb::open_existing(&self.state_dir, &request.session, true)?
+                .map(|db| db.facts())
+                .transpose()?
+        } else {
+            None
+        };
+        let facts = SessionFacts {
+            root,
+            root_id,
+            has_snapshot,
+            ..recorded.unwrap_or_default()
+        };
+        // Said first, by the root that holds the record, as when opening.
+        refuse_another_direction(&facts, request)?;
+        Ok(facts)
+    }
+
     fn failure(path: &RelPath, error: ApplyError) -> OpFailure {
         OpFailure {
             path: path.clone(),
@@ -640,7 +765,13 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError> {
+        if request.probe {
+            return self.probe(request);
+        }
         let mut missing_root = false;
+        // Directories this open makes, for a run that never starts to take
+        // away again: the root's missing ancestors, top first.
+        let mut made_dirs: Vec<PathBuf> = Vec::new();
         match fs::metadata(&self.root) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
@@ -653,6 +784,13 @@ impl Endpoint for LocalEndpoint {
                 if request.dry_run {
                     missing_root = true;
                 } else {
+                    made_dirs = self
+                        .root
+                        .ancestors()
+                        .take_while(|dir| !dir.exists())
+                        .map(Path::to_path_buf)
+                        .collect();
+                    made_dirs.reverse();
                     fs::create_dir_all(&self.root).map_err(|e| {
                         EndpointError::Root(format!(
                             "cannot create target directory {}: {e}",
@@ -678,6 +816,22 @@ impl Endpoint for LocalEndpoint {
         // the old hold on the session goes first.
         self.session.lock().unwrap().take();
         let has_state = self.state_dir.is_dir();
+        if !has_state && !request.dry_run {
+            made_dirs.push(self.state_dir.clone());
+        }
+        // The session's own files this open may make: the database (with
+        // SQLite's companions), the lock, the log.
+        let db_path = SessionDb::path_for(&self.state_dir, &request.session);
+        let mut own_files: Vec<PathBuf> = ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| PathBuf::from(format!("{}{suffix}", db_path.display())))
+            .chain([
+                self.state_dir.join(format!("{}.lock", request.session)),
+                crate::log::default_path(&self.state_dir, &request.session),
+            ])
+            .filter(|file| !file.exists())
+            .collect();
+        let mut aside = None;
         let (db, lock) = if request.dry_run && !has_state {
             (None, None)
         } else {
@@ -691,18 +845,20 @@ impl Endpoint for LocalEndpoint {
             if request.dry_run && !db_exists {
                 (None, Some(lock))
             } else {
-                let reset = request.reset && !request.dry_run;
                 // `-x` starts the snapshot afresh, not the backups: the
                 // directories holding them stay out of the sync.
-                let backups = if reset && db_exists {
-                    SessionDb::open_existing(&self.state_dir, &request.session, false)
+                let mut backups = None;
+                if request.reset && !request.dry_run {
+                    backups = SessionDb::open_existing(&self.state_dir, &request.session, false)
                         .ok()
                         .flatten()
-                        .and_then(|old| old.fact(BACKUP_DIRS_FACT).ok().flatten())
-                } else {
-                    None
-                };
-                let db = SessionDb::open(&self.state_dir, &request.session, reset)?;
+                        .and_then(|old| old.fact(BACKUP_DIRS_FACT).ok().flatten());
+                    aside = SessionDb::set_aside(&self.state_dir, &request.session)?;
+                    if aside.is_some() {
+                        own_files.push(db_path.clone());
+                    }
+                }
+                let db = SessionDb::open_or_make(&self.state_dir, &request.session)?;
                 if let Some(lines) = backups {
                     db.set_fact(BACKUP_DIRS_FACT, &lines)?;
                 }
@@ -716,6 +872,13 @@ impl Endpoint for LocalEndpoint {
         if has_state {
             facts.lineage = crate::state::read_lineage(&self.state_dir)?;
         }
+        facts.root = if missing_root {
+            RootState::Missing
+        } else {
+            RootState::Dir
+        };
+        facts.root_id = self.root_id();
+        facts.has_snapshot = db.is_some();
         if let Some(pid) = lock.as_ref().and_then(|l| l.stale_from.clone()) {
             facts.warnings.push(format!(
                 "session `{}` in {} was left locked by process {pid}, which is gone (killed?); taking it over",
@@ -723,14 +886,7 @@ impl Endpoint for LocalEndpoint {
                 self.describe()
             ));
         }
-        if let Some(recorded) = &facts.direction {
-            if recorded != &request.direction && !request.reset {
-                return Err(EndpointError::Refused(format!(
-                    "session `{}` was recorded as {recorded}, not {}; use another session name (-N) or -x to start it afresh",
-                    request.session, request.direction
-                )));
-            }
-        }
+        refuse_another_direction(&facts, request)?;
         let (backup, backup_dirs) = self.backup_setup(request, db.as_ref())?;
         let log = if db.is_some() && !request.dry_run {
             let path = self
@@ -767,6 +923,12 @@ impl Endpoint for LocalEndpoint {
             _lock: lock,
             missing_root,
             ignore_snapshot: request.reset && request.dry_run,
+            made: (!request.dry_run).then(|| Made {
+                dirs: made_dirs,
+                files: own_files,
+                state_dir: self.state_dir.clone(),
+                aside: aside.map(|aside| (aside, db_path)),
+            }),
             forgotten: Vec::new(),
             filters_line: String::new(),
             scanned: None,
@@ -778,6 +940,13 @@ impl Endpoint for LocalEndpoint {
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
+        if self.state_gone() {
+            // Nothing to compare with: the driver refuses the run.
+            return Ok(ChangeSet {
+                state_gone: true,
+                ..ChangeSet::default()
+            });
+        }
         self.log(|| "run started: scanning the whole tree".to_string());
         // Snapshot rows stream in from the database while the tree is walked,
         // both in byte order of path; only what differs is kept.
@@ -858,13 +1027,20 @@ impl Endpoint for LocalEndpoint {
                 _ => Vec::new(),
             };
             let paths: Vec<RelPath> = paths.iter().cloned().chain(partners).collect();
-            let set = diff_dirty(&paths, trees, &SnapshotView(db), &mut tree, &options)?;
+            let mut set = diff_dirty(&paths, trees, &SnapshotView(db), &mut tree, &options)?;
             let worth = match (s.sizes.take(), db) {
                 (Some(worth), _) => worth,
                 (None, Some(db)) => SizesWorthHashing::from_sizes(db.file_sizes_with_hashes()?),
                 (None, None) => SizesWorthHashing::default(),
             };
             let has_rows = db.map(SessionDb::has_entries).transpose()?.unwrap_or(false);
+            // Only a deletion can have emptied the root: then one listing
+            // of its top says whether anything it syncs is left.
+            let deleted = set.changes.iter().any(|c| c.after.is_none());
+            set.emptied = has_rows && deleted && !self.holds_an_entry(&mut tree);
+            if let Some(db) = db.filter(|_| set.emptied || s.request.count_rows) {
+                set.snapshot_rows = Some(db.count_entries()?);
+            }
             Ok::<_, EndpointError>((set, tree.finish(), worth, has_rows))
         })??;
         self.settle_scan(set, report, worth, options, has_rows)
@@ -1140,6 +1316,8 @@ impl Endpoint for LocalEndpoint {
         if session.request.dry_run {
             return Ok(());
         }
+        // The run starts: what the open made stays.
+        session.made = None;
         if let Some(db) = session.db.as_mut() {
             db.record_pending(pending, replace)?;
         }
@@ -1202,6 +1380,7 @@ impl Endpoint for LocalEndpoint {
         if session.request.dry_run {
             return Ok(());
         }
+        session.made = None;
         let Some(db) = session.db.as_mut() else {
             return Ok(());
         };
@@ -1252,6 +1431,23 @@ impl Endpoint for LocalEndpoint {
             &end.summary,
         )?;
         Ok(())
+    }
+}
+
+/// A session recorded with another direction is refused, unless `-x`
+/// starts it afresh.
+fn refuse_another_direction(
+    facts: &SessionFacts,
+    request: &SessionRequest,
+) -> Result<(), EndpointError> {
+    match &facts.direction {
+        Some(recorded) if recorded != &request.direction && !request.reset => {
+            Err(EndpointError::Refused(format!(
+                "session `{}` was recorded as {recorded}, not {}; use another session name (-N) or -x to start it afresh",
+                request.session, request.direction
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1484,15 +1680,8 @@ mod tests {
 
     fn source_request(remove_source_files: bool) -> SessionRequest {
         SessionRequest {
-            session: "s".into(),
-            direction: "push".into(),
-            role: Role::Source,
-            reset: false,
-            dry_run: false,
-            log_max: crate::log::DEFAULT_MAX,
-            log_verbose: false,
-            backup_dir: None,
             remove_source_files,
+            ..request(Role::Source)
         }
     }
 
@@ -1655,5 +1844,76 @@ mod tests {
         for path in ["gone/a", "gone/other", "gone/sub/b", "gone/z"] {
             assert!(!root.join(path).exists(), "{path}");
         }
+    }
+
+    fn request(role: Role) -> SessionRequest {
+        SessionRequest {
+            session: "s".into(),
+            direction: "push".into(),
+            role,
+            reset: false,
+            dry_run: false,
+            log_max: crate::log::DEFAULT_MAX,
+            log_verbose: false,
+            backup_dir: None,
+            remove_source_files: false,
+            probe: false,
+            count_rows: false,
+        }
+    }
+
+    #[test]
+    fn a_session_that_never_starts_a_run_takes_away_what_its_open_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("new/target");
+        let endpoint = LocalEndpoint::new(root.clone(), None, Preserve::default());
+        endpoint.open_session(&request(Role::Target)).unwrap();
+        assert!(root.join(".snapsync/s.db").exists() && root.join(".snapsync/id").exists());
+        drop(endpoint);
+        assert!(
+            !dir.path().join("new").exists(),
+            "the made directories stayed"
+        );
+
+        // Once a run starts, what the open made stays.
+        let endpoint = LocalEndpoint::new(root.clone(), None, Preserve::default());
+        endpoint.open_session(&request(Role::Target)).unwrap();
+        endpoint.record_pending(&[], true).unwrap();
+        drop(endpoint);
+        assert!(root.join(".snapsync/s.db").exists());
+    }
+
+    #[test]
+    fn a_probe_makes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("target");
+        let endpoint = LocalEndpoint::new(root.clone(), None, Preserve::default());
+        let probe = SessionRequest {
+            probe: true,
+            ..request(Role::Target)
+        };
+        let facts = endpoint.open_session(&probe).unwrap();
+        assert_eq!(facts.root, RootState::Missing);
+        assert!(!facts.has_snapshot && facts.root_id.is_none());
+        assert!(!root.exists());
+        // A root in use: what the probe reports, and the state untouched.
+        fs::create_dir(&root).unwrap();
+        endpoint.open_session(&request(Role::Target)).unwrap();
+        endpoint.record_pending(&[], true).unwrap();
+        drop(endpoint);
+        let listing = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing(&root.join(".snapsync"));
+        let endpoint = LocalEndpoint::new(root.clone(), None, Preserve::default());
+        let facts = endpoint.open_session(&probe).unwrap();
+        assert_eq!(facts.root, RootState::Dir);
+        assert!(facts.has_snapshot && facts.root_id.is_some());
+        assert_eq!(listing(&root.join(".snapsync")), before);
     }
 }

@@ -62,6 +62,13 @@ pub struct SessionRequest {
     /// `--remove-source-files`: the source may be asked to remove files
     /// whose copies the target confirmed ([`Endpoint::remove_sent_files`]).
     pub remove_source_files: bool,
+    /// Only look: report the root's facts (what stands at its path, its
+    /// id, the session's database) for the guards, taking no lock and
+    /// creating or writing nothing, the root included.
+    pub probe: bool,
+    /// Scans of dirty paths count the snapshot's rows too (for
+    /// `--max-delete P%`).
+    pub count_rows: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +160,8 @@ pub trait Endpoint: Send + Sync {
         (0, 0)
     }
 
-    /// Checks the root, takes the session's lock and opens its snapshot.
+    /// Checks the root, takes the session's lock and opens its snapshot
+    /// (with `request.probe`, only reports what it finds).
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError>;
 
     /// The root's stable id (`.snapsync/id`), known once the session is

@@ -454,7 +454,9 @@ impl Endpoint for RemoteEndpoint {
         })?;
         let (facts, root_id) =
             expect_reply!(reply, Body::Opened { facts, root_id } => (facts, root_id))?;
-        *self.root_id.lock().unwrap() = root_id;
+        if !request.probe {
+            *self.root_id.lock().unwrap() = root_id;
+        }
         Ok(facts)
     }
 

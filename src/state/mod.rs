@@ -245,6 +245,22 @@ pub struct SessionFacts {
     pub lineage: Vec<crate::lineage::Edge>,
     /// Things the user should hear about from opening the session.
     pub warnings: Vec<String>,
+    /// What stands at the root's path.
+    pub root: RootState,
+    /// This root's id (`.snapsync/id`), when it has one.
+    pub root_id: Option<String>,
+    /// This root holds the session's database (its snapshot).
+    pub has_snapshot: bool,
+}
+
+/// What stands at a root's path when the session opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RootState {
+    #[default]
+    Dir,
+    Missing,
+    /// Something other than a directory.
+    NotDir,
 }
 
 /// A conflict as one side records it.
@@ -283,20 +299,37 @@ impl SessionDb {
     }
 
     /// Opens (or creates) the session database. With `reset`, an existing
-    /// database is moved aside first, so a corrupt one is kept for inspection.
+    /// database is moved aside first (see [`Self::set_aside`]).
     pub fn open(state_dir: &Path, session: &str, reset: bool) -> Result<Self, StateError> {
+        if reset {
+            Self::set_aside(state_dir, session)?;
+        }
+        Self::open_or_make(state_dir, session)
+    }
+
+    /// `-x`: moves the session's database aside as
+    /// `<session>.db.reset-<time>` (so a corrupt one is kept for
+    /// inspection), returning where it went, if there was one.
+    pub fn set_aside(state_dir: &Path, session: &str) -> Result<Option<PathBuf>, StateError> {
+        let path = Self::path_for(state_dir, session);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let aside = state_dir.join(format!(
+            "{session}.db.reset-{}",
+            chrono_like_now().replace(':', "")
+        ));
+        fs::rename(&path, &aside).map_err(io_err(&path))?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = fs::remove_file(state_dir.join(format!("{session}.db{suffix}")));
+        }
+        Ok(Some(aside))
+    }
+
+    /// Opens the session database, making it if there is none.
+    pub fn open_or_make(state_dir: &Path, session: &str) -> Result<Self, StateError> {
         fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
         let path = Self::path_for(state_dir, session);
-        if reset && path.exists() {
-            let aside = state_dir.join(format!(
-                "{session}.db.reset-{}",
-                chrono_like_now().replace(':', "")
-            ));
-            fs::rename(&path, &aside).map_err(io_err(&path))?;
-            for suffix in ["-wal", "-shm"] {
-                let _ = fs::remove_file(state_dir.join(format!("{session}.db{suffix}")));
-            }
-        }
         let corrupt = |e: rusqlite::Error| StateError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
@@ -439,6 +472,9 @@ impl SessionDb {
             filters: get("filters")?,
             lineage: Vec::new(),
             warnings: Vec::new(),
+            root: RootState::Dir,
+            root_id: None,
+            has_snapshot: true,
             decisions: self
                 .conflicts()?
                 .into_iter()
@@ -693,6 +729,13 @@ impl SessionDb {
     }
 
     /// True when the snapshot has any row.
+    /// How many rows the snapshot holds.
+    pub fn count_entries(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+            .map_err(self.corrupt())
+    }
+
     pub fn has_entries(&self) -> Result<bool, StateError> {
         self.conn
             .query_row("SELECT EXISTS(SELECT 1 FROM entries)", [], |row| row.get(0))
