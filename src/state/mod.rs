@@ -786,15 +786,7 @@ impl SessionDb {
                 }
             }
         }
-        let mut entries = Vec::with_capacity(paths.len());
-        for path in paths {
-            let path = RelPath::new(&path).map_err(|e| StateError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("snapshot row has {e}"),
-            })?;
-            entries.extend(self.entry(&path)?);
-        }
-        Ok(entries)
+        self.entries_at(paths)
     }
 
     /// The file rows recording one of these inodes (device, inode): the
@@ -819,6 +811,11 @@ impl SessionDb {
                 }
             }
         }
+        self.entries_at(paths)
+    }
+
+    /// The rows at these paths (as read from the table, in its bytes).
+    fn entries_at(&self, paths: Vec<Vec<u8>>) -> Result<Vec<Entry>, StateError> {
         let mut entries = Vec::with_capacity(paths.len());
         for path in paths {
             let path = RelPath::new(&path).map_err(|e| StateError::Corrupt {
