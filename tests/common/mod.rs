@@ -3,6 +3,9 @@
 //! mtime to the nanosecond, link targets).
 #![allow(dead_code)]
 
+pub mod sshd;
+pub mod wan;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
