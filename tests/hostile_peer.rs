@@ -22,7 +22,6 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::sshd::example;
 use common::*;
 use snapsync::changes::DiffOptions;
 use snapsync::filter::{Filters, RuleKind, RuleSpec};

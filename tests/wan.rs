@@ -89,7 +89,7 @@ fn bed_comes_up_and_goes_down_leaving_nothing_behind() {
         bed.rsh(),
         bed.user_host()
     ));
-    let out = common::sshd::run_bounded(login, Duration::from_secs(60));
+    let out = run_bounded(login, Duration::from_secs(60));
     assert_code(&out, 0);
     let far_side = format!("inet {} peer {}", bed.far_ip(), bed.near_ip());
     assert!(stdout(&out).contains(&far_side), "{}", stdout(&out));

@@ -32,8 +32,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::bin;
 use super::sshd::*;
+use super::{bin, example, find_program, run_bounded};
 
 /// The longest one snapsync run through the bed may take.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -157,7 +157,7 @@ impl WanBed {
         let ip = find_program("ip", &["/usr/sbin", "/sbin"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let router_log = dir.path().join("router.log");
-        let mut router = Command::new(super::sshd::example("wan_router"))
+        let mut router = Command::new(example("wan_router"))
             .args(spec.router_args())
             .arg("--stats")
             .arg(dir.path().join("stats.json"))
