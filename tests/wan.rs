@@ -41,6 +41,25 @@ fn udp_blast(bed: &WanBed, count: usize) -> usize {
     let far_ip = bed.far_ip();
     let far = bed.in_far(|| UdpSocket::bind((far_ip, 0)).unwrap());
     let near = bed.in_near(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap());
+    // Room for the whole blast, so a receiver that is slow to be scheduled
+    // loses nothing the router did not drop (root may exceed rmem_max).
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt with a pointer to a live c_int of the given size.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&far),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        set,
+        0,
+        "SO_RCVBUFFORCE: {}",
+        std::io::Error::last_os_error()
+    );
     let to = far.local_addr().unwrap();
     far.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
