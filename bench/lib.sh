@@ -167,15 +167,24 @@ free_port() {
 # Succeed if something accepts connections on 127.0.0.1:port.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Start a private sshd on a free loopback port, with ed25519 host and client
-# keys made in DIR, and check that it lets us log in (sets SSHDIR, SSHD_PID,
-# PORT, USERHOST, and RSH, the ssh command every tool is given, also as the
-# array RSH_WORDS). cleanup_work, the scripts' exit trap, stops it.
-start_sshd() { # dir
-    local port i
+# Start a private sshd with ed25519 host and client keys made in DIR, and
+# check that it lets us log in (sets SSHDIR, SSHD_PID, PORT, USERHOST, and
+# RSH, the ssh command every tool is given, also as the array RSH_WORDS).
+# Without more arguments it listens on a free port of 127.0.0.1; with an
+# address and two network namespaces (the WAN test bed, see wan.sh) it runs
+# in FAR-NS on ADDRESS port 22, and RSH enters NEAR-NS first (`ip netns exec
+# NEAR-NS ssh ...`), the only place from which ADDRESS is reachable.
+# cleanup_work, the scripts' exit trap, stops it.
+start_sshd() { # dir [address far-ns near-ns]
+    local port i address=${2:-127.0.0.1} far_ns=${3:-} near_ns=${4:-} launch=()
     SSHDIR=$1
     SSHD_PID=""
     PORT=""
+    SSH_PREFIX=()
+    if [[ -n "$far_ns" ]]; then
+        launch=(ip netns exec "$far_ns")
+        SSH_PREFIX=(ip netns exec "$near_ns")
+    fi
     mkdir -p "$SSHDIR"
     ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-host -f "$SSHDIR/host_key"
     ssh-keygen -q -t ed25519 -N '' -C snapsync-bench-client -f "$SSHDIR/client_key"
@@ -183,11 +192,11 @@ start_sshd() { # dir
     chmod 600 "$SSHDIR/authorized_keys"
     # sshd running as root insists on its privilege separation directory
     if [[ $(id -u) -eq 0 ]]; then mkdir -p /run/sshd; fi
-    USERHOST="$(id -un)@127.0.0.1"
+    USERHOST="$(id -un)@$address"
     for _ in 1 2 3 4 5; do
-        port=$(free_port)
+        if [[ -n "$far_ns" ]]; then port=22; else port=$(free_port); fi
         cat >"$SSHDIR/sshd_config" <<EOF
-ListenAddress 127.0.0.1
+ListenAddress $address
 Port $port
 HostKey $SSHDIR/host_key
 AuthorizedKeysFile $SSHDIR/authorized_keys
@@ -199,11 +208,16 @@ KbdInteractiveAuthentication no
 UseDNS no
 PidFile $SSHDIR/sshd.pid
 EOF
-        /usr/sbin/sshd -D -e -f "$SSHDIR/sshd_config" </dev/null >/dev/null 2>"$SSHDIR/sshd.log" &
+        "${launch[@]}" /usr/sbin/sshd -D -e -f "$SSHDIR/sshd_config" </dev/null >/dev/null 2>"$SSHDIR/sshd.log" &
         SSHD_PID=$!
         for ((i = 0; i < 100; i++)); do
             kill -0 "$SSHD_PID" 2>/dev/null || break
-            if port_open "$port"; then PORT=$port; break; fi
+            if [[ -n "$far_ns" ]]; then
+                if grep -q "Server listening on $address port $port" "$SSHDIR/sshd.log"; then PORT=$port; break; fi
+            elif port_open "$port"; then
+                PORT=$port
+                break
+            fi
             sleep 0.1
         done
         [[ -z "$PORT" ]] || break
@@ -212,9 +226,10 @@ EOF
             die "sshd did not start; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
     done
     [[ -n "$PORT" ]] || die "sshd found no free port in 5 tries"
-    log "sshd (pid $SSHD_PID) listening on 127.0.0.1:$PORT"
-    RSH="ssh -p $PORT -i $SSHDIR/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
-    read -r -a RSH_WORDS <<<"$RSH"
+    log "sshd (pid $SSHD_PID) listening on $address:$PORT${far_ns:+ in namespace $far_ns}"
+    SSH_OPTS=(-p "$PORT" -i "$SSHDIR/client_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
+    RSH_WORDS=("${SSH_PREFIX[@]}" ssh "${SSH_OPTS[@]}")
+    RSH="${RSH_WORDS[*]}"
     "${RSH_WORDS[@]}" "$USERHOST" true </dev/null ||
         die "cannot log in through the benchmark sshd; its log:"$'\n'"$(cat "$SSHDIR/sshd.log")"
 }
@@ -234,7 +249,7 @@ stop_sshd() {
 measure_ssh() {
     local logins=()
     # -v must come before the LogLevel option, which then no longer applies.
-    SSH_KEX=$(ssh -v "${RSH_WORDS[@]:1}" "$USERHOST" true </dev/null 2>&1 |
+    SSH_KEX=$("${SSH_PREFIX[@]}" ssh -v "${SSH_OPTS[@]}" "$USERHOST" true </dev/null 2>&1 |
         sed -n 's/^debug1: kex: client->server cipher: //p' | sed -n 1p)
     SSH_KEX=${SSH_KEX:-unknown}
     for _ in 1 2 3 4 5; do
@@ -283,16 +298,18 @@ cold_start() { if [[ $CACHE == cold ]]; then drop_caches; fi; }
 
 # Run a command under /usr/bin/time, stdin from /dev/null, stdout to $1 and
 # stderr to $2 (may be the same file); fails if the command fails, else sets
-# SECS (wall time, 0.01 s resolution) and RSS_KIB (peak RSS).
+# SECS (wall time, 0.01 s resolution), RSS_KIB (peak RSS) and CPU_SECS (user
+# + system time of the command and the children it waited for).
 timed_run() { # out-file err-file command...
-    local out=$1 err=$2 tf="$WORK/time.out"
+    local out=$1 err=$2 tf="$WORK/time.out" user sys
     shift 2
     if [[ "$err" == "$out" ]]; then
-        /usr/bin/time -f '%e %M' -o "$tf" -- "$@" >"$out" 2>&1 </dev/null || return 1
+        /usr/bin/time -f '%e %M %U %S' -o "$tf" -- "$@" >"$out" 2>&1 </dev/null || return 1
     else
-        /usr/bin/time -f '%e %M' -o "$tf" -- "$@" >"$out" 2>"$err" </dev/null || return 1
+        /usr/bin/time -f '%e %M %U %S' -o "$tf" -- "$@" >"$out" 2>"$err" </dev/null || return 1
     fi
-    read -r SECS RSS_KIB <<<"$(tail -n 1 "$tf")"
+    read -r SECS RSS_KIB user sys <<<"$(tail -n 1 "$tf")"
+    CPU_SECS=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
 }
 
 # Print the median of the numbers given as arguments.
@@ -302,6 +319,18 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # --- trees and verification ----------------------------------------------------
+
+# Write BYTES pseudo-random, incompressible bytes from SEED into FILE: an
+# AES-128-CTR keystream (key from SEED), deterministic and fast. Needs openssl.
+generate_big_file() { # file bytes
+    local key
+    log "generating the $2-byte file $1"
+    mkdir -p "$(dirname "$1")"
+    key=$(printf 'snapsync-bench-big-%s' "$SEED" | openssl dgst -sha256 -r | cut -c1-32)
+    { openssl enc -aes-128-ctr -nosalt -K "$key" -iv 0 -in /dev/zero 2>/dev/null || true; } |
+        head -c "$2" >"$1"
+    [[ $(stat -c %s "$1") -eq $2 ]] || die "could not generate $1"
+}
 
 # Scenarios 1-3, the same in every family: initial sync (tools: $1), a
 # no-change re-sync and one after MODIFY_PCT% of the files were modified

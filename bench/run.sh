@@ -16,6 +16,10 @@
 #   continuous.sh  `push -C`, local and over a loopback sshd: write -> visible
 #               latency at a steady write rate, and a burst of new files;
 #               beside lsyncd (delay = 0) locally
+#   wan.sh      push through the WAN test bed (200 Mbit/s, 100 ms round
+#               trip, loss 0 / 0.5% / 2%): snapsync over QUIC and over ssh
+#               vs rsync -e ssh, one session and two at once (needs root;
+#               says SKIPPED otherwise)
 # A new family is one more script here and one more line in SCRIPTS below.
 #
 # Settings pass through to the scripts (FILES, REPS, CACHE, BIG, SNAPSYNC...).
@@ -25,7 +29,7 @@ set -euo pipefail
 MODE=${1:-all}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
-SCRIPTS=(compare.sh ssh.sh bidi.sh memory.sh continuous.sh)
+SCRIPTS=(compare.sh ssh.sh bidi.sh memory.sh continuous.sh wan.sh)
 
 if [[ -z "${SNAPSYNC:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet)
@@ -50,6 +54,8 @@ case "$MODE" in
         run_family bidi.sh FILES=${FILES:-300} REPS=1 CACHE=warm WORK=/tmp/snapsync-bidi-quick
         run_family memory.sh FILES=2000 REPS=1 WORK=/tmp/snapsync-memory-quick
         run_family continuous.sh FILES=300 COUNT=50 BURST=500 REPS=1 WORK=/tmp/snapsync-continuous-quick
+        run_family wan.sh RATE_MBIT=20 RTT_MS=20 LOSSES="0 0.02" BIG=2M SMALL_FILES=100 REPS=1 \
+            WORK=/tmp/snapsync-wan-quick
         for script in "${SCRIPTS[@]}"; do
             [[ -s "$RESULTS/${script%.sh}.md" ]] || { echo "run.sh: $script wrote no report" >&2; exit 1; }
         done
@@ -61,6 +67,8 @@ case "$MODE" in
         run_family bidi.sh FILES=${FILES:-100000} REPS=${REPS:-3} CACHE=${CACHE:-auto}
         run_family memory.sh FILES=${MEMORY_FILES:-1000000} REPS=${REPS:-3}
         run_family continuous.sh FILES="${FILES:-100000}" REPS="${REPS:-3}"
+        # 200 MB at ~100 Mbit/s is ~16 s a run; lossy TCP takes longer
+        run_family wan.sh REPS="${WAN_REPS:-1}"
         out="$REPO/BENCHMARKS.md"
         {
             echo "<!-- results:start (written by bench/run.sh all; do not edit by hand) -->"

@@ -194,13 +194,7 @@ run_one() {
 load_start=$(loadavg)
 generate_tree "$SRC" "$WORK/src.manifest"
 
-# AES-128-CTR keystream (key from SEED): deterministic, incompressible, fast
-log "generating the $BIG_BYTES-byte file $BIG_SRC/big.bin"
-mkdir -p "$BIG_SRC"
-big_key=$(printf 'snapsync-bench-big-%s' "$SEED" | openssl dgst -sha256 -r | cut -c1-32)
-{ openssl enc -aes-128-ctr -nosalt -K "$big_key" -iv 0 -in /dev/zero 2>/dev/null || true; } |
-    head -c "$BIG_BYTES" >"$BIG_SRC/big.bin"
-[[ $(stat -c %s "$BIG_SRC/big.bin") -eq $BIG_BYTES ]] || die "could not generate $BIG_SRC/big.bin"
+generate_big_file "$BIG_SRC/big.bin" "$BIG_BYTES"
 refresh_manifest "$BIG_SRC" "$WORK/big-src.manifest"
 
 if [[ $CACHE == warm ]]; then

@@ -15,6 +15,9 @@ command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # bench/bidi.sh (run by bench/run.sh quick below) compares bidi with Unison.
 command -v unison >/dev/null 2>&1 || missing+=(unison)
+# tests/wan.rs and bench/wan.sh build the WAN test bed: network namespaces
+# and tun devices set up with ip (iproute2).
+{ command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip; } || missing+=(iproute2)
 # tests/links_acls.rs sets and reads POSIX ACLs (-A).
 { command -v setfacl >/dev/null 2>&1 && command -v getfacl >/dev/null 2>&1; } || missing+=(acl)
 if ((${#missing[@]})); then

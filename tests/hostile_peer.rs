@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,62 +30,6 @@ use snapsync::protocol::{write_message, Body, Envelope, LAST};
 
 /// No single run may take longer than this; a hang is a failure.
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The fake peer example, built once per test process. `cargo test` builds
-/// examples, but `cargo test --test hostile_peer` does not (and would leave a
-/// stale one), so it is built here; cargo makes that a no-op when it is fresh.
-fn fake_peer() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // This test runs from target/<profile>/deps/; the example lands in
-        // target/<profile>/examples/.
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let fallback = profile_dir.join("examples").join("fake_peer");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--example", "fake_peer", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // `debug` is the directory of the dev (and test) profile.
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some(profile) => {
-                build.args(["--profile", profile]);
-            }
-        }
-        let out = build.output();
-        let built = out
-            .as_ref()
-            .ok()
-            .filter(|out| out.status.success())
-            .and_then(|out| {
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                    .filter(|m| {
-                        m["reason"] == "compiler-artifact" && m["target"]["name"] == "fake_peer"
-                    })
-                    .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            });
-        let why = || match &out {
-            Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-            Err(e) => format!("cannot run cargo: {e}"),
-        };
-        match built {
-            Some(path) => path,
-            None if fallback.exists() => {
-                eprintln!(
-                    "warning: cannot build the fake_peer example, using {}:\n{}",
-                    fallback.display(),
-                    why()
-                );
-                fallback
-            }
-            None => panic!("cannot build the fake_peer example:\n{}", why()),
-        }
-    })
-}
 
 /// A temporary directory holding the near root, the far root, a directory
 /// outside both, and the shim.
@@ -126,8 +70,11 @@ impl Scene {
 
     /// Runs `snapsync DIRECTION near host:far` through the fake peer in `mode`.
     fn run(&self, direction: &str, mode: &str) -> Output {
-        let remote_command =
-            shell_words::join([fake_peer().to_str().unwrap(), mode, bin().to_str().unwrap()]);
+        let remote_command = shell_words::join([
+            example("fake_peer").to_str().unwrap(),
+            mode,
+            bin().to_str().unwrap(),
+        ]);
         let mut cmd = Command::new(bin());
         cmd.arg(direction)
             .arg("--rsh")

@@ -9,12 +9,12 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sshd::*;
 use common::*;
 
 /// The longest one snapsync run may take before the test gives up on it.
@@ -28,37 +28,6 @@ struct Sshd {
     user: String,
 }
 
-/// The absolute path of a program, searching `PATH` and then `extra`.
-fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .filter(|candidate| candidate.is_absolute())
-}
-
-#[track_caller]
-fn require_program(name: &str, package: &str, extra: &[&str]) -> PathBuf {
-    find_program(name, extra).unwrap_or_else(|| {
-        panic!(
-            "`{name}` is missing, so the ssh tests cannot run: run ./scripts/test.sh as root \
-             (it installs {package}), or `apt-get install {package}`"
-        )
-    })
-}
-
-fn run_tool(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
@@ -66,41 +35,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn current_user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("run id -un");
-    assert!(out.status.success(), "id -un failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 impl Sshd {
     fn start() -> Sshd {
-        let sshd = require_program("sshd", "openssh-server", &["/usr/sbin", "/usr/local/sbin"]);
-        require_program("ssh", "openssh-client", &[]);
-        let keygen = require_program("ssh-keygen", "openssh-client", &[]);
-
+        let sshd = require_ssh_programs();
         let dir = tempfile::tempdir().unwrap();
-        for (key, comment) in [
-            ("host_key", "snapsync-test-host"),
-            ("client_key", "snapsync-test"),
-        ] {
-            run_tool(
-                Command::new(&keygen)
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                    .arg(dir.path().join(key)),
-            );
-        }
-        fs::copy(
-            dir.path().join("client_key.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .unwrap();
-
+        make_ssh_keys(dir.path());
         let user = current_user();
-        if user == "root" {
-            // The privilege separation directory, which sshd insists on
-            // when it runs as root; the package makes it only at boot.
-            let _ = fs::create_dir_all("/run/sshd");
-        }
 
         // Another test may take the port between our probe and sshd's bind:
         // then sshd exits at once and we try another.
@@ -108,7 +48,7 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let config = dir.path().join("sshd_config");
-            fs::write(&config, sshd_config(dir.path(), port)).unwrap();
+            fs::write(&config, sshd_config(dir.path(), "127.0.0.1", port)).unwrap();
             let log = fs::File::create(&log_path).unwrap();
             let mut child = Command::new(&sshd)
                 .arg("-D")
@@ -148,29 +88,7 @@ impl Sshd {
 
     /// The `--rsh` command reaching this sshd.
     fn rsh(&self) -> String {
-        let port = self.port.to_string();
-        let key = self.dir.path().join("client_key");
-        shell_words::join([
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-p",
-            &port,
-            "-i",
-            key.to_str().unwrap(),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        shell_words::join(ssh_words(self.port, &self.dir.path().join("client_key")))
     }
 
     /// `user@127.0.0.1:/abs/path`.
@@ -191,7 +109,7 @@ impl Sshd {
             .arg(local)
             .arg(self.remote(remote))
             .env_remove("SNAPSYNC_LOG");
-        let out = run_bounded(cmd);
+        let out = run_bounded(cmd, RUN_TIMEOUT);
         if out.status.code() != Some(0) {
             eprintln!("sshd log:\n{}", self.log());
         }
@@ -216,13 +134,12 @@ impl Sshd {
 /// accepts connections; or says why not.
 fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listening = format!("Server listening on 127.0.0.1 port {port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited ({status}) before listening on port {port}"));
         }
-        if fs::read_to_string(log).is_ok_and(|log| log.contains(&listening))
+        if sshd_listening(log, "127.0.0.1", port)
             && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         {
             return Ok(());
@@ -236,77 +153,6 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn sshd_config(dir: &Path, port: u16) -> String {
-    let dir = dir.display();
-    format!(
-        r#"ListenAddress 127.0.0.1
-Port {port}
-HostKey "{dir}/host_key"
-AuthorizedKeysFile "{dir}/authorized_keys"
-PidFile "{dir}/sshd.pid"
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-StrictModes no
-UsePAM no
-UseDNS no
-PrintMotd no
-PrintLastLog no
-X11Forwarding no
-AllowAgentForwarding no
-AllowTcpForwarding no
-PermitTTY no
-MaxStartups 64
-LogLevel INFO
-"#
-    )
-}
-
-/// Runs a command with its output captured, killing it after
-/// [`RUN_TIMEOUT`] so a stuck connection fails the test instead of hanging.
-fn run_bounded(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run snapsync");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for snapsync") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "snapsync did not finish within {RUN_TIMEOUT:?}: {cmd:?}\nstderr so far: {}",
-                String::from_utf8_lossy(&err_reader.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
     }
 }
 
@@ -502,7 +348,7 @@ fn a_missing_remote_command_is_reported_not_hung_on() {
         .arg("/nonexistent/snapsync")
         .arg(&local)
         .arg(sshd.remote(&remote));
-    let out = run_bounded(cmd);
+    let out = run_bounded(cmd, RUN_TIMEOUT);
     assert_code(&out, 1);
     let err = stderr(&out);
     assert!(

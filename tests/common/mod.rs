@@ -1,15 +1,23 @@
 //! Helpers shared by the integration tests: build trees, run the real
 //! binary, and compare trees the way a user would (content, kind, mode,
-//! mtime to the nanosecond, link targets).
+//! mtime to the nanosecond, link targets); find and run other programs
+//! with a time limit, and build an example program. `sshd` holds what the
+//! tests through a real sshd share, `wan` the WAN test bed.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
+pub mod sshd;
+pub mod wan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_snapsync"))
@@ -344,4 +352,140 @@ pub fn rsh_shim(dir: &Path) -> PathBuf {
     .unwrap();
     fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
     shim
+}
+
+/// The absolute path of a program, searching `PATH` and then `extra`.
+pub fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .filter(|candidate| candidate.is_absolute())
+}
+
+/// Like [`find_program`], failing the test with what to install.
+#[track_caller]
+pub fn require_program(name: &str, package: &str, extra: &[&str]) -> PathBuf {
+    find_program(name, extra).unwrap_or_else(|| {
+        panic!(
+            "`{name}` is missing, so this test cannot run: run ./scripts/test.sh as root \
+             (it installs {package}), or `apt-get install {package}`"
+        )
+    })
+}
+
+/// Runs a command that must succeed.
+#[track_caller]
+pub fn run_tool(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command with its output captured, killing it after `limit` so a
+/// stuck connection fails the test instead of hanging.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "did not finish within {limit:?}: {cmd:?}\nstderr so far: {}",
+                String::from_utf8_lossy(&err_reader.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// The path of example program `name`, built once per test process.
+/// `cargo test` builds examples, but `cargo test --test NAME` does not (and
+/// would leave a stale one), so it is built here; cargo makes that a no-op
+/// when it is fresh.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    // This test runs from target/<profile>/deps/; examples land in
+    // target/<profile>/examples/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let fallback = profile_dir.join("examples").join(name);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--example", name, "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // `debug` is the directory of the dev (and test) profile.
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+    }
+    let out = build.output();
+    let path = out
+        .as_ref()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        });
+    let why = || match &out {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        Err(e) => format!("cannot run cargo: {e}"),
+    };
+    let path = match path {
+        Some(path) => path,
+        None if fallback.exists() => {
+            eprintln!(
+                "warning: cannot build the {name} example, using {}:\n{}",
+                fallback.display(),
+                why()
+            );
+            fallback
+        }
+        None => panic!("cannot build the {name} example:\n{}", why()),
+    };
+    built.insert(name.to_string(), path.clone());
+    path
 }

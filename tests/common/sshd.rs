@@ -1,0 +1,108 @@
+//! What the tests that go through a real sshd share (`tests/ssh.rs` on
+//! loopback, `wan.rs` across the WAN test bed): the programs, host and
+//! client keys, a private sshd configuration, and the ssh command given as
+//! `--rsh`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{require_program, run_tool};
+
+/// sshd's path, once ssh and ssh-keygen are known to be there too.
+#[track_caller]
+pub fn require_ssh_programs() -> PathBuf {
+    require_program("ssh", "openssh-client", &[]);
+    require_program("ssh-keygen", "openssh-client", &[]);
+    require_program("sshd", "openssh-server", &["/usr/sbin", "/usr/local/sbin"])
+}
+
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    assert!(out.status.success(), "id -un failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Makes `host_key`, `client_key` and `authorized_keys` (the client key) in
+/// `dir`, and the privilege separation directory sshd insists on as root.
+pub fn make_ssh_keys(dir: &Path) {
+    let keygen = require_program("ssh-keygen", "openssh-client", &[]);
+    for (key, comment) in [
+        ("host_key", "snapsync-test-host"),
+        ("client_key", "snapsync-test"),
+    ] {
+        run_tool(
+            Command::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(dir.join(key)),
+        );
+    }
+    fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    if current_user() == "root" {
+        // The package makes it only at boot.
+        let _ = fs::create_dir_all("/run/sshd");
+    }
+}
+
+/// A private sshd's configuration, with the keys [`make_ssh_keys`] made in `dir`.
+pub fn sshd_config(dir: &Path, address: &str, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        r#"ListenAddress {address}
+Port {port}
+HostKey "{dir}/host_key"
+AuthorizedKeysFile "{dir}/authorized_keys"
+PidFile "{dir}/sshd.pid"
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+AllowAgentForwarding no
+AllowTcpForwarding no
+PermitTTY no
+MaxStartups 64
+LogLevel INFO
+"#
+    )
+}
+
+/// Whether sshd's log says it listens on `address:port`.
+pub fn sshd_listening(log: &Path, address: &str, port: u16) -> bool {
+    let line = format!("Server listening on {address} port {port}");
+    fs::read_to_string(log).is_ok_and(|log| log.contains(&line))
+}
+
+/// The words of an ssh command that logs in with `key` (made by
+/// [`make_ssh_keys`]) without asking or remembering anything.
+pub fn ssh_words(port: u16, key: &Path) -> Vec<String> {
+    [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-p",
+        &port.to_string(),
+        "-i",
+        key.to_str().unwrap(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    .map(String::from)
+    .to_vec()
+}
