@@ -11,6 +11,7 @@ pub mod apply;
 pub mod backup;
 pub mod bidi;
 pub mod changes;
+pub mod data_channel;
 pub mod delta;
 pub mod endpoint;
 pub mod filter;
@@ -19,6 +20,7 @@ pub mod log;
 pub mod model;
 pub mod plan;
 pub mod protocol;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod scan;
 pub mod serve;
@@ -27,4 +29,4 @@ pub mod state;
 pub mod watch;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -65,6 +65,8 @@ pub struct SyncOptions {
     /// `--remove-source-files` (push and pull): the source removes each
     /// file whose copy the target confirmed in this run.
     pub remove_source_files: bool,
+    /// `--bwlimit`: the most file data each root sends per second.
+    pub bwlimit: Option<u64>,
 }
 
 /// What one cycle scans on each side: everything, or (in continuous mode)
@@ -144,6 +146,11 @@ pub struct Summary {
     /// Files the source removed once their copies were confirmed
     /// (`--remove-source-files`).
     pub source_removed: u64,
+    /// What carried the session: `local` (both roots on this host), `ssh`,
+    /// or `quic` (the data channel).
+    pub transport: String,
+    /// The far host's UDP port of the data channel (`quic` only).
+    pub udp_port: Option<u16>,
 }
 
 pub struct Outcome {
@@ -205,6 +212,7 @@ fn open_pair(
         log_verbose: options.log_verbose,
         backup_dir: options.backup_dir.clone(),
         remove_source_files: options.remove_source_files,
+        bwlimit: options.bwlimit,
     };
     // The source opens first: a missing source is the error to report.
     let (local_facts, remote_facts) = if options.direction == Direction::Pull {
@@ -554,7 +562,7 @@ pub fn replica_cycle(
         let mut summary = summary_from(counts, 0, options.direction, &failures);
         summary.files_scanned = files_scanned;
         summary.seconds = clock.elapsed().as_secs_f64();
-        (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+        note_wire(&mut summary, local, remote);
         return Ok(Outcome {
             summary,
             plan,
@@ -586,7 +594,7 @@ pub fn replica_cycle(
     summary.source_removed = done.source_removed;
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
-    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+    note_wire(&mut summary, local, remote);
     let record = serde_json::to_string(&summary).unwrap_or_default();
     let end = |peer_root_id, peer: &dyn Endpoint| RunEnd {
         peer: peer.describe(),
@@ -1036,7 +1044,7 @@ pub fn bidi_cycle(
     summary.conflicts = plan.conflicts.len() as u64;
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
-    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+    note_wire(&mut summary, local, remote);
     if !options.dry_run {
         let record = serde_json::to_string(&summary).unwrap_or_default();
         let end = |side: Side| RunEnd {
@@ -1213,10 +1221,19 @@ fn source_copy(item: &Item, applied: &Applied) -> Option<SourceCopy> {
     }
 }
 
-fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
+/// What crossed the network, and on what.
+fn note_wire(summary: &mut Summary, a: &dyn Endpoint, b: &dyn Endpoint) {
     let (a_out, a_in) = a.wire_bytes();
     let (b_out, b_in) = b.wire_bytes();
-    (a_out + b_out, a_in + b_in)
+    (summary.wire_sent, summary.wire_received) = (a_out + b_out, a_in + b_in);
+    let channel = a.data_channel().or_else(|| b.data_channel());
+    summary.transport = match channel {
+        Some(_) => "quic",
+        None if a.is_remote() || b.is_remote() => "ssh",
+        None => "local",
+    }
+    .to_string();
+    summary.udp_port = channel.map(|address| address.port());
 }
 
 fn summary_from(
@@ -1244,6 +1261,8 @@ fn summary_from(
         wire_sent: 0,
         wire_received: 0,
         source_removed: 0,
+        transport: String::new(),
+        udp_port: None,
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use snapsync::changes::{Change, ChangeKind, ChangeSet, DiffOptions, Rename};
 use snapsync::endpoint::{
     ConnectOptions, Endpoint, LocalEndpoint, RemoteEndpoint, RemoteSpec, Role, SessionRequest,
+    Transport,
 };
 use snapsync::model::{Preserve, RelPath};
 use snapsync::reconcile::ReplicaOptions;
@@ -35,6 +36,7 @@ fn push(src: &Path, dst: &Path) {
         replica: ReplicaOptions::default(),
         backup_dir: None,
         remove_source_files: false,
+        bwlimit: None,
     };
     let source = LocalEndpoint::new(src.to_path_buf(), None, Preserve::default());
     let target = LocalEndpoint::new(dst.to_path_buf(), None, Preserve::default());
@@ -54,6 +56,7 @@ fn request(role: Role) -> SessionRequest {
         log_verbose: false,
         backup_dir: None,
         remove_source_files: false,
+        bwlimit: None,
     }
 }
 
@@ -298,6 +301,8 @@ fn dirty_scan_through_serve_matches_a_full_scan() {
         rsh: shim.display().to_string(),
         remote_command: env!("CARGO_BIN_EXE_snapsync").to_string(),
         compress: false,
+        transport: Transport::Ssh,
+        udp_ports: None,
     };
     let remote = RemoteEndpoint::connect(spec, &connect, Preserve::default()).unwrap();
     remote.open_session(&request(Role::Target)).unwrap();
