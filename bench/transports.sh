@@ -82,7 +82,9 @@ for i in range(files):
     with open(f"{d}/f{i:06d}.bin", "wb") as f:
         f.write(rng.randbytes(size))
 PY
+# shellcheck disable=SC2034  # read as ${!data_var} in the report
 DATA_big=$BIG_BYTES
+# shellcheck disable=SC2034
 DATA_small=$((FILES * SIZE_BYTES))
 
 # Children's user + system time of the sshd listener, in clock ticks.
