@@ -11,6 +11,7 @@ pub mod apply;
 pub mod backup;
 pub mod bidi;
 pub mod changes;
+pub mod data_channel;
 pub mod delta;
 pub mod endpoint;
 pub mod filter;
@@ -20,6 +21,7 @@ pub mod log;
 pub mod model;
 pub mod plan;
 pub mod protocol;
+pub mod rate_limit;
 pub mod reconcile;
 pub mod scan;
 pub mod serve;
@@ -28,4 +30,4 @@ pub mod state;
 pub mod watch;
 
 /// Version of the wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

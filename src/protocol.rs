@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
+use crate::data_channel::{Offer, PortRange};
 use crate::delta::Signature;
 use crate::endpoint::{Applied, FileJob, OpFailure, RunEnd, SessionRequest, SourceEnd};
 use crate::model::{Entry, Hash, Preserve, RelPath};
@@ -165,6 +166,20 @@ pub enum Body {
     /// [`Body::LinkGroups`]).
     HardLinks(Vec<RelPath>),
     LinkGroups(Vec<Vec<RelPath>>),
+
+    // Added in protocol 5 (with `SessionRequest`'s `bwlimit`).
+    /// Answered at once with [`Body::Done`]: the near end times the round
+    /// trip of the ssh channel.
+    Ping,
+    /// Before `Open`: listen for a QUIC data channel on a UDP port of this
+    /// range (any free port when `None`); answered with
+    /// [`Body::DataChannelOffer`], or [`Body::Failed`] when it cannot.
+    OpenDataChannel(Option<PortRange>),
+    DataChannelOffer(Offer),
+    /// The near end's word on the offered channel, not answered: from the
+    /// next message on, both ends speak on the data channel (`true`), or
+    /// everything stays on ssh and the far end stops listening (`false`).
+    UseDataChannel(bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +354,17 @@ mod tests {
             crate::model::Kind::File,
         )]));
         round_trip(Body::Removed(vec![Ok(()), Err("changed".into())]));
+        round_trip(Body::Ping);
+        round_trip(Body::OpenDataChannel(Some(PortRange {
+            first: 40000,
+            last: 40010,
+        })));
+        round_trip(Body::DataChannelOffer(Offer {
+            port: 40001,
+            fingerprint: vec![1; 32],
+            token: vec![2; 32],
+        }));
+        round_trip(Body::UseDataChannel(true));
     }
 
     #[test]

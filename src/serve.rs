@@ -2,6 +2,12 @@
 //! stdin and stdout. It answers requests in the order they come, installs
 //! files the peer pushes, and streams files the peer pulls. It exits, and
 //! its locks go with it, when its input closes.
+//!
+//! Before the session opens, the peer may time the round trip (`Ping`) and
+//! ask for a QUIC data channel (`OpenDataChannel`): the listener is opened
+//! then, for this session only, and its offer answered; once the peer says
+//! `UseDataChannel(true)`, every later message travels on the channel, and
+//! the ssh input is only watched for its end, which closes the channel.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -11,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::data_channel::Listener;
 use crate::endpoint::wire::{write_whole, WireFileWriter};
 use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, ReportSink};
 use crate::protocol::{
@@ -19,6 +26,12 @@ use crate::protocol::{
 use crate::PROTOCOL_VERSION;
 
 type Output = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
+
+/// The buffers on the protocol's stream, each way.
+const BUFFER: usize = 256 * 1024;
+/// The peer says it has the channel only once the far end accepted its
+/// token; this is slack for the two to meet.
+const CLAIM_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn send(out: &Output, call: u64, body: Body, flush: bool) -> Result<(), ProtocolError> {
     let mut writer = out.lock().unwrap();
@@ -34,8 +47,8 @@ pub fn serve(
     input: Box<dyn Read + Send>,
     output: Box<dyn Write + Send>,
 ) -> Result<(), ProtocolError> {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let out: Output = Arc::new(Mutex::new(BufWriter::with_capacity(256 * 1024, output)));
+    let mut input = BufReader::with_capacity(BUFFER, input);
+    let out: Output = Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER, output)));
 
     // Handshake: answer with our protocol whatever the peer speaks; it
     // compares and reports a mismatch naming both.
@@ -58,13 +71,62 @@ pub fn serve(
         _ => return Err(ProtocolError::Malformed("expected a hello".into())),
     }
 
-    // Until a session is opened, only `Open` makes sense.
+    // Until a session is opened: the round trip, the data channel, `Open`.
+    let mut listener: Option<Listener> = None;
+    // With a data channel: what keeps it open, and ssh's output, which
+    // stays open until the end (the peer takes its end for ours).
+    let mut _channel = None;
+    let mut _ssh_output = None;
     let endpoint = loop {
         let (envelope, _) = match read_message(&mut input) {
             Err(ProtocolError::Closed) => return Ok(()),
             other => other?,
         };
         match envelope.body {
+            Body::Ping => send(&out, envelope.call, Body::Done, true)?,
+            Body::OpenDataChannel(ports) => {
+                let reply = match Listener::open(ports) {
+                    Ok(opened) => {
+                        let offer = opened.offer().clone();
+                        listener = Some(opened);
+                        Body::DataChannelOffer(offer)
+                    }
+                    Err(e) => Body::Failed(e.to_string()),
+                };
+                send(&out, envelope.call, reply, true)?;
+            }
+            Body::UseDataChannel(false) => listener = None,
+            Body::UseDataChannel(true) => {
+                let opened = listener.take().ok_or_else(|| {
+                    ProtocolError::Malformed("the peer chose a data channel never offered".into())
+                })?;
+                let channel = opened.accepted(CLAIM_LIMIT).map_err(|e| {
+                    ProtocolError::Malformed(format!(
+                        "the peer chose the data channel, but no client presented the token: {e}"
+                    ))
+                })?;
+                let (reader, writer, guard) = channel.split();
+                let writer: Box<dyn Write + Send> = Box::new(writer);
+                let reader: Box<dyn Read + Send> = Box::new(reader);
+                let ssh = std::mem::replace(
+                    &mut *out.lock().unwrap(),
+                    BufWriter::with_capacity(BUFFER, writer),
+                );
+                _ssh_output = Some(ssh);
+                let mut ssh_input =
+                    std::mem::replace(&mut input, BufReader::with_capacity(BUFFER, reader))
+                        .into_inner();
+                // The peer closes ssh when it is done, or is gone.
+                let closer = guard.closer();
+                std::thread::Builder::new()
+                    .name("snapsync-ssh-watch".into())
+                    .spawn(move || {
+                        let _ = std::io::copy(&mut ssh_input, &mut std::io::sink());
+                        closer.close();
+                    })
+                    .map_err(ProtocolError::Io)?;
+                _channel = Some(guard);
+            }
             Body::Open {
                 root,
                 request,

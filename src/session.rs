@@ -68,6 +68,8 @@ pub struct SyncOptions {
     pub remove_source_files: bool,
     /// `--max-delete`: refuse a run whose plan deletes more.
     pub max_delete: Option<MaxDelete>,
+    /// `--bwlimit`: the most file data each root sends per second.
+    pub bwlimit: Option<u64>,
 }
 
 /// What one cycle scans on each side: everything, or (in continuous mode)
@@ -147,6 +149,11 @@ pub struct Summary {
     /// Files the source removed once their copies were confirmed
     /// (`--remove-source-files`).
     pub source_removed: u64,
+    /// What carried the session: `local` (both roots on this host), `ssh`,
+    /// or `quic` (the data channel).
+    pub transport: String,
+    /// The far host's UDP port of the data channel (`quic` only).
+    pub udp_port: Option<u16>,
 }
 
 pub struct Outcome {
@@ -243,6 +250,7 @@ fn open_pair(
         remove_source_files: options.remove_source_files,
         probe,
         count_rows: matches!(options.max_delete, Some(MaxDelete::Percent(_))),
+        bwlimit: options.bwlimit,
     };
     // Both roots are looked at (the source first, as below) before either
     // is opened, since opening writes (a target made, a state directory, a
@@ -660,7 +668,7 @@ pub fn replica_cycle(
         let mut summary = summary_from(counts, 0, options.direction, &failures);
         summary.files_scanned = files_scanned;
         summary.seconds = clock.elapsed().as_secs_f64();
-        (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+        note_wire(&mut summary, local, remote);
         return Ok(Outcome {
             summary,
             plan,
@@ -693,7 +701,7 @@ pub fn replica_cycle(
     summary.source_removed = done.source_removed;
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
-    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+    note_wire(&mut summary, local, remote);
     let record = serde_json::to_string(&summary).unwrap_or_default();
     let end = |peer_root_id, peer: &dyn Endpoint| RunEnd {
         peer: peer.describe(),
@@ -1222,7 +1230,7 @@ pub fn bidi_cycle(
     summary.conflicts = plan.conflicts.len() as u64;
     summary.files_scanned = files_scanned;
     summary.seconds = clock.elapsed().as_secs_f64();
-    (summary.wire_sent, summary.wire_received) = wire_totals(local, remote);
+    note_wire(&mut summary, local, remote);
     if !options.dry_run {
         let record = serde_json::to_string(&summary).unwrap_or_default();
         let end = |side: Side| RunEnd {
@@ -1400,10 +1408,19 @@ fn source_copy(item: &Item, applied: &Applied) -> Option<SourceCopy> {
     }
 }
 
-fn wire_totals(a: &dyn Endpoint, b: &dyn Endpoint) -> (u64, u64) {
+/// What crossed the network, and on what.
+fn note_wire(summary: &mut Summary, a: &dyn Endpoint, b: &dyn Endpoint) {
     let (a_out, a_in) = a.wire_bytes();
     let (b_out, b_in) = b.wire_bytes();
-    (a_out + b_out, a_in + b_in)
+    (summary.wire_sent, summary.wire_received) = (a_out + b_out, a_in + b_in);
+    let channel = a.data_channel().or_else(|| b.data_channel());
+    summary.transport = match channel {
+        Some(_) => "quic",
+        None if a.is_remote() || b.is_remote() => "ssh",
+        None => "local",
+    }
+    .to_string();
+    summary.udp_port = channel.map(|address| address.port());
 }
 
 fn summary_from(
@@ -1431,6 +1448,8 @@ fn summary_from(
         wire_sent: 0,
         wire_received: 0,
         source_removed: 0,
+        transport: String::new(),
+        udp_port: None,
     }
 }
 

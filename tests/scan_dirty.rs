@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use snapsync::changes::{Change, ChangeKind, ChangeSet, DiffOptions, Rename};
 use snapsync::endpoint::{
     ConnectOptions, Endpoint, LocalEndpoint, RemoteEndpoint, RemoteSpec, Role, SessionRequest,
+    Transport,
 };
 use snapsync::model::{Preserve, RelPath};
 use snapsync::reconcile::ReplicaOptions;
@@ -36,6 +37,7 @@ fn push(src: &Path, dst: &Path) {
         backup_dir: None,
         remove_source_files: false,
         max_delete: None,
+        bwlimit: None,
     };
     let source = LocalEndpoint::new(src.to_path_buf(), None, Preserve::default());
     let target = LocalEndpoint::new(dst.to_path_buf(), None, Preserve::default());
@@ -57,6 +59,7 @@ fn request(role: Role) -> SessionRequest {
         remove_source_files: false,
         probe: false,
         count_rows: false,
+        bwlimit: None,
     }
 }
 
@@ -301,6 +304,8 @@ fn dirty_scan_through_serve_matches_a_full_scan() {
         rsh: shim.display().to_string(),
         remote_command: env!("CARGO_BIN_EXE_snapsync").to_string(),
         compress: false,
+        transport: Transport::Ssh,
+        udp_ports: None,
     };
     let remote = RemoteEndpoint::connect(spec, &connect, Preserve::default()).unwrap();
     remote.open_session(&request(Role::Target)).unwrap();

@@ -568,3 +568,19 @@ fn each_root_keeps_its_records_and_log_over_ssh() {
         "{near}"
     );
 }
+
+#[test]
+fn push_and_pull_over_the_quic_data_channel_through_real_ssh() {
+    let sshd = Sshd::start();
+    let (tmp, local, remote) = roots();
+    varied_tree(&local);
+    let s = sshd.json("push", &local, &remote, &["--transport", "quic"]);
+    assert_eq!(s["transport"], "quic", "{s}");
+    assert_same_tree(&local, &remote);
+
+    let back = tmp.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let s = sshd.json("pull", &back, &remote, &["--transport", "quic"]);
+    assert_eq!(s["transport"], "quic", "{s}");
+    assert_same_tree(&remote, &back);
+}

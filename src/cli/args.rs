@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use snapsync::data_channel::PortRange;
+use snapsync::endpoint::Transport;
 use snapsync::guard::MaxDelete;
 use snapsync::scan::LinkMode;
 
@@ -11,7 +13,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 4)"
+    ", protocol 5)"
 );
 
 #[derive(Parser)]
@@ -107,6 +109,30 @@ impl From<Links> for LinkMode {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    /// QUIC on long links (round trip above 5 ms) when UDP gets through, else ssh
+    Auto,
+    /// The ssh stream only
+    Ssh,
+    /// The QUIC data channel, or an error when UDP does not get through
+    Quic,
+}
+
+impl From<TransportArg> for Transport {
+    fn from(transport: TransportArg) -> Self {
+        match transport {
+            TransportArg::Auto => Transport::Auto,
+            TransportArg::Ssh => Transport::Ssh,
+            TransportArg::Quic => Transport::Quic,
+        }
+    }
+}
+
+fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    PortRange::parse(text)
+}
+
 #[derive(Args)]
 pub struct SyncArgs {
     /// The local root (a directory)
@@ -192,6 +218,18 @@ pub struct SyncArgs {
     /// The snapsync program on the far host
     #[arg(long, value_name = "PATH", default_value = "snapsync")]
     pub remote_command: String,
+    /// What carries the session to a remote root after ssh started it: a
+    /// QUIC data channel, for long or lossy links (auto: when the round trip
+    /// exceeds 5 ms and UDP gets through within 2 s), or the ssh stream
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub transport: TransportArg,
+    /// The far host's UDP port for the QUIC data channel, or a range
+    /// FIRST-LAST (for firewalls; default: any free port)
+    #[arg(long, value_name = "PORT[-PORT]", value_parser = parse_port_range)]
+    pub udp_port: Option<PortRange>,
+    /// Cap the rate of file data sent, in bytes per second (or with K, M, G)
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
 
     /// Where this side keeps its state (default LOCAL/.snapsync)
     #[arg(long, value_name = "DIR")]

@@ -31,7 +31,9 @@ use snapsync::endpoint::{ConnectOptions, Endpoint, LocalEndpoint, RemoteEndpoint
 use snapsync::filter::{parse_filter_file, FilterError, Filters, RuleKind, RuleSpec};
 use snapsync::model::Preserve;
 use snapsync::reconcile::ReplicaOptions;
-use snapsync::session::{run_continuous, run_replica, ContinuousOptions, Direction, SyncOptions};
+use snapsync::session::{
+    run_continuous, run_replica, ContinuousOptions, Direction, Observer, SyncOptions,
+};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -183,31 +185,39 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         backup_dir: args.backup_dir.clone(),
         remove_source_files: args.remove_source_files,
         max_delete: args.max_delete,
+        bwlimit: args.bwlimit,
     };
     let log_file = args.log_file.as_deref().map(absolute).transpose()?;
     let local_end =
         LocalEndpoint::new(local, args.state_dir.clone(), preserve).with_log_file(log_file);
-    let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
-        Ok(match &remote_spec {
-            Some(spec) => Box::new(RemoteEndpoint::connect(
-                spec.clone(),
-                &ConnectOptions {
-                    rsh: args.rsh.clone(),
-                    remote_command: args.remote_command.clone(),
-                    compress: args.compress,
-                },
-                preserve,
-            )?),
-            None => Box::new(LocalEndpoint::new(remote_path.clone(), None, preserve)),
-        })
-    };
-
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
     let printer = output::Printer::new(args, direction == Direction::Bidi);
+    let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
+        Ok(match &remote_spec {
+            Some(spec) => {
+                let remote = RemoteEndpoint::connect(
+                    spec.clone(),
+                    &ConnectOptions {
+                        rsh: args.rsh.clone(),
+                        remote_command: args.remote_command.clone(),
+                        compress: args.compress,
+                        transport: args.transport.into(),
+                        udp_ports: args.udp_port,
+                    },
+                    preserve,
+                )?;
+                if let Some(warning) = remote.warning() {
+                    printer.warning(warning);
+                }
+                Box::new(remote)
+            }
+            None => Box::new(LocalEndpoint::new(remote_path.clone(), None, preserve)),
+        })
+    };
     if args.continuous {
         let continuous = ContinuousOptions {
             cooloff: std::time::Duration::from_millis(args.cooloff),

@@ -155,7 +155,8 @@ fn line_for(item: &Item, toward: Option<Side>) -> String {
 fn summary_line(s: &Summary, dry_run: bool) -> String {
     let wire = if s.wire_sent + s.wire_received > 0 {
         format!(
-            "; on the wire {} out, {} in",
+            "; on the wire{} {} out, {} in",
+            if s.transport == "quic" { " (QUIC)" } else { "" },
             human_bytes(s.wire_sent),
             human_bytes(s.wire_received)
         )

@@ -29,6 +29,7 @@ use crate::lineage::Edge;
 use crate::log::SessionLog;
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::Op;
+use crate::rate_limit::RateLimit;
 use crate::scan::{
     hash_file, read_xattrs, scan_root, DiskTree, LinkMode, ScanOptions, ScanReport, TreeNow,
 };
@@ -58,6 +59,9 @@ pub struct LocalEndpoint {
     /// `--log-file`: where this side's session log goes instead of the
     /// state directory.
     log_file: Option<PathBuf>,
+    /// `--bwlimit`, as the open session asked: paces the file data this
+    /// root sends.
+    pace: Mutex<Option<Arc<RateLimit>>>,
 }
 
 struct OpenSession {
@@ -213,6 +217,7 @@ impl LocalEndpoint {
             unwatch: Arc::new(AtomicBool::new(false)),
             root_id: Mutex::new(None),
             log_file: None,
+            pace: Mutex::new(None),
         }
     }
 
@@ -405,12 +410,26 @@ impl LocalEndpoint {
             Ok(file) => file,
             Err(e) => return SourceEnd::Failed(format!("cannot read {}: {e}", entry.path)),
         };
+        // Only literal data is paced: a copy from the target's older
+        // version sends no file data.
+        let pace = self.pace.lock().unwrap().clone();
+        let paced = |bytes: usize| {
+            if let Some(pace) = &pace {
+                pace.take(bytes);
+            }
+        };
         let sent = match &job.basis {
             Some(sig) => delta(&mut file, sig, &mut |op| match op {
-                DeltaOp::Literal(data) => writer.literal(data),
+                DeltaOp::Literal(data) => {
+                    paced(data.len());
+                    writer.literal(data)
+                }
                 DeltaOp::Copy { offset, len } => writer.copy(offset, len),
             }),
-            None => copy_to_writer(&mut file, writer),
+            None => copy_literal(&mut file, &mut |data| {
+                paced(data.len());
+                writer.literal(data)
+            }),
         };
         let hash = match sent {
             Ok(hash) => hash,
@@ -916,6 +935,7 @@ impl Endpoint for LocalEndpoint {
         } else {
             None
         };
+        *self.pace.lock().unwrap() = request.bwlimit.map(|rate| Arc::new(RateLimit::new(rate)));
         *self.session.lock().unwrap() = Some(OpenSession {
             log,
             request: request.clone(),
@@ -1527,7 +1547,10 @@ fn file_pool() -> &'static rayon::ThreadPool {
     })
 }
 
-fn copy_to_writer(file: &mut File, writer: &mut dyn FileWriter) -> io::Result<Hash> {
+fn copy_literal(
+    file: &mut File,
+    literal: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Hash> {
     thread_local! {
         // One read buffer per pool thread: a fresh zeroed 256 KiB per file
         // would cost more than copying a small file.
@@ -1544,7 +1567,7 @@ fn copy_to_writer(file: &mut File, writer: &mut dyn FileWriter) -> io::Result<Ha
                 Err(e) => return Err(e),
             };
             hasher.update(&buf[..n]);
-            writer.literal(&buf[..n])?;
+            literal(&buf[..n])?;
         }
         Ok(*hasher.finalize().as_bytes())
     })
@@ -1859,6 +1882,7 @@ mod tests {
             remove_source_files: false,
             probe: false,
             count_rows: false,
+            bwlimit: None,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::plan::Op;
 use crate::state::{ConflictRecord, SessionFacts, SnapshotUpdate, StateError};
 
 pub use local::LocalEndpoint;
-pub use remote::{ConnectOptions, RemoteEndpoint, RemoteSpec};
+pub use remote::{ConnectOptions, RemoteEndpoint, RemoteSpec, Transport};
 
 /// Which way data flows through this endpoint in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,9 @@ pub struct SessionRequest {
     /// Scans of dirty paths count the snapshot's rows too (for
     /// `--max-delete P%`).
     pub count_rows: bool,
+    /// `--bwlimit`: the most file data this endpoint sends per second, as
+    /// a source (`None`: as fast as it can).
+    pub bwlimit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,12 @@ pub trait Endpoint: Send + Sync {
     /// far (zero for a local root).
     fn wire_bytes(&self) -> (u64, u64) {
         (0, 0)
+    }
+
+    /// The far address of the QUIC data channel that carries this
+    /// endpoint's protocol, when one does (`None`: ssh, or a local root).
+    fn data_channel(&self) -> Option<std::net::SocketAddr> {
+        None
     }
 
     /// Checks the root, takes the session's lock and opens its snapshot

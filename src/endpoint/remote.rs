@@ -9,13 +9,20 @@
 //! back as they are ready. Nothing the far end sends is trusted: every path
 //! is validated as it decodes, and a file stream may only fill the files the
 //! near end asked for.
+//!
+//! The ssh stream starts the far end and carries the handshake; with
+//! `--transport quic` (or `auto` on a long link) every message after it
+//! travels on a QUIC data channel ([`crate::data_channel`]) that the far end
+//! opens for this session and announces over ssh. ssh stays open: when
+//! either side of it closes, so does the channel.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
@@ -26,6 +33,7 @@ use super::{
 };
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
+use crate::data_channel::{self, Channel, ChannelGuard, PortRange};
 use crate::delta::Signature;
 use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
@@ -70,14 +78,47 @@ pub struct ConnectOptions {
     pub remote_command: String,
     /// zstd-compress file data on the wire.
     pub compress: bool,
+    /// What carries the protocol after the handshake (`--transport`).
+    pub transport: Transport,
+    /// The UDP ports the far end may listen on for the data channel
+    /// (`--udp-port`; any free port when `None`).
+    pub udp_ports: Option<PortRange>,
 }
+
+/// `--transport`: what carries the protocol once the far end is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The data channel when the ssh round trip exceeds [`AUTO_MIN_RTT`]
+    /// and UDP gets through within [`AUTO_LIMIT`]; else ssh, with a warning
+    /// when the channel was tried and failed.
+    #[default]
+    Auto,
+    /// The ssh stream, always.
+    Ssh,
+    /// The data channel, or no session (within [`QUIC_LIMIT`]).
+    Quic,
+}
+
+/// `auto` tries the data channel above this round trip: below it, TCP over
+/// ssh recovers from a loss before it matters.
+pub const AUTO_MIN_RTT: Duration = Duration::from_millis(5);
+/// How long `auto` waits for the data channel before it stays on ssh.
+pub const AUTO_LIMIT: Duration = Duration::from_secs(2);
+/// How long `quic` waits for the data channel before it gives up.
+pub const QUIC_LIMIT: Duration = Duration::from_secs(5);
+/// Pings that time the ssh round trip (the least counts; one under the
+/// threshold ends the count).
+const PINGS: usize = 3;
+
+/// The buffers on the protocol's stream, each way.
+const BUFFER: usize = 256 * 1024;
 
 /// Messages answering one call go to its caller through this.
 type CallSender = Sender<Body>;
 
 struct Connection {
     /// `None` once closed: the far end then sees its input end and exits.
-    writer: Mutex<Option<BufWriter<ChildStdin>>>,
+    writer: Mutex<Option<BufWriter<Box<dyn Write + Send>>>>,
     next_call: AtomicU64,
     calls: Mutex<HashMap<u64, CallSender>>,
     results: Receiver<(u64, Result<Applied, OpFailure>)>,
@@ -197,7 +238,7 @@ impl Drop for EndGuard {
 /// Routes everything the far end sends until the connection ends.
 fn read_loop(
     conn: Arc<Connection>,
-    mut input: BufReader<ChildStdout>,
+    mut input: BufReader<Box<dyn Read + Send>>,
     results: Sender<(u64, Result<Applied, OpFailure>)>,
 ) {
     let _guard = EndGuard(Arc::clone(&conn));
@@ -246,6 +287,113 @@ pub struct RemoteEndpoint {
     child: Mutex<Child>,
     /// The far root's id, as its `Opened` reply gave it.
     root_id: Mutex<Option<String>>,
+    /// With a data channel: ssh's input, which stays open until the end
+    /// (closing it ends the far end), the channel, and its far address.
+    ssh_input: Mutex<Option<Box<dyn Write + Send>>>,
+    channel: Mutex<Option<ChannelGuard>>,
+    data_address: Option<SocketAddr>,
+    /// Why `auto` found no data channel, when it tried one.
+    warning: Option<String>,
+}
+
+/// Requests and answers on the ssh stream before the connection's reader
+/// starts: the round trip, and the data channel's setup.
+struct Setup {
+    writer: BufWriter<Box<dyn Write + Send>>,
+    reader: BufReader<Box<dyn Read + Send>>,
+    /// Calls made so far (the connection numbers on from here).
+    calls: u64,
+}
+
+impl Setup {
+    fn request(&mut self, body: Body) -> Result<Body, ProtocolError> {
+        self.calls += 1;
+        let call = self.calls;
+        self.tell(body)?;
+        let (reply, _) = read_message(&mut self.reader)?;
+        if reply.call != call {
+            return Err(ProtocolError::Malformed(format!(
+                "the far end answered call {} to call {call}",
+                reply.call
+            )));
+        }
+        Ok(reply.body)
+    }
+
+    /// Sends a message that has no answer.
+    fn tell(&mut self, body: Body) -> Result<(), ProtocolError> {
+        write_message(
+            &mut self.writer,
+            &Envelope {
+                call: self.calls,
+                body,
+            },
+        )?;
+        self.writer.flush()?;
+        Ok(())
+    }
+
+    /// The least of a few ping round trips on the ssh stream (stopping at
+    /// the first under `enough`).
+    fn round_trip(&mut self, enough: Duration) -> Result<Duration, EndpointError> {
+        let mut least = Duration::MAX;
+        for _ in 0..PINGS {
+            let started = Instant::now();
+            match self.request(Body::Ping) {
+                Ok(Body::Done) => {}
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) => return Err(setup_lost(e)),
+            }
+            least = least.min(started.elapsed());
+            if least <= enough {
+                break;
+            }
+        }
+        Ok(least)
+    }
+
+    /// Asks the far end for a data channel and connects to it. `Ok(Err)`:
+    /// no channel, and why (the session goes on over ssh); `Err`: the ssh
+    /// stream itself failed.
+    fn open_data_channel(
+        &mut self,
+        host: &str,
+        ports: Option<PortRange>,
+        limit: Duration,
+    ) -> Result<Result<Channel, String>, EndpointError> {
+        let offer = match self.request(Body::OpenDataChannel(ports)) {
+            Ok(Body::DataChannelOffer(offer)) => offer,
+            Ok(Body::Failed(why)) => return Ok(Err(format!("the far end cannot listen: {why}"))),
+            Ok(other) => return Err(unexpected(&other)),
+            Err(e) => return Err(setup_lost(e)),
+        };
+        let connected = data_addresses(host, offer.port)
+            .map_err(|e| format!("cannot resolve {}: {e}", host_name(host)))
+            .and_then(|addresses| {
+                data_channel::connect(&addresses, &offer, limit).map_err(|e| e.to_string())
+            })
+            .map_err(|why| format!("UDP port {}: {why}", offer.port));
+        self.tell(Body::UseDataChannel(connected.is_ok()))
+            .map_err(setup_lost)?;
+        Ok(connected)
+    }
+}
+
+fn setup_lost(e: ProtocolError) -> EndpointError {
+    EndpointError::Root(format!(
+        "the far end closed the connection while setting up the session: {e}"
+    ))
+}
+
+/// `[user@]host` without the user (and an IPv6 literal without brackets).
+fn host_name(host: &str) -> &str {
+    let name = host.rsplit_once('@').map_or(host, |(_, name)| name);
+    name.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Where the data channel listens, as this host resolves the far host's name.
+fn data_addresses(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok((host_name(host), port).to_socket_addrs()?.collect())
 }
 
 impl RemoteEndpoint {
@@ -282,10 +430,10 @@ impl RemoteEndpoint {
                     spec.host
                 ))
             })?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take().expect("piped");
-        let mut writer = BufWriter::with_capacity(256 * 1024, stdin);
-        let mut reader = BufReader::with_capacity(256 * 1024, stdout);
+        let stdin: Box<dyn Write + Send> = Box::new(child.stdin.take().expect("piped"));
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped"));
+        let mut writer = BufWriter::with_capacity(BUFFER, stdin);
+        let mut reader = BufReader::with_capacity(BUFFER, stdout);
 
         let hello = Body::Hello {
             protocol: PROTOCOL_VERSION,
@@ -353,10 +501,94 @@ impl RemoteEndpoint {
             )));
         }
 
+        let mut setup = Setup {
+            writer,
+            reader,
+            calls: 0,
+        };
+        let host = &spec.host;
+        let mut warning = None;
+        let channel = match options.transport {
+            Transport::Ssh => None,
+            Transport::Quic => match setup.open_data_channel(host, options.udp_ports, QUIC_LIMIT) {
+                Ok(Ok(channel)) => Some(channel),
+                Ok(Err(why)) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let name = host_name(host);
+                    return Err(EndpointError::Root(format!(
+                            "no QUIC data channel to {name} ({why}); UDP must get through to {name}: allow it inbound there (on the ports you give with --udp-port), or use --transport ssh"
+                        )));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    return Err(e);
+                }
+            },
+            Transport::Auto => {
+                let rtt = setup.round_trip(AUTO_MIN_RTT).inspect_err(|_| {
+                    let _ = child.kill();
+                })?;
+                if rtt > AUTO_MIN_RTT {
+                    match setup.open_data_channel(host, options.udp_ports, AUTO_LIMIT) {
+                        Ok(Ok(channel)) => Some(channel),
+                        Ok(Err(why)) => {
+                            warning = Some(format!(
+                                "no QUIC data channel to {} ({why}); the session goes through ssh",
+                                host_name(host)
+                            ));
+                            None
+                        }
+                        Err(e) => {
+                            let _ = child.kill();
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        let Setup {
+            writer,
+            reader,
+            calls,
+        } = setup;
+        let (writer, reader, ssh_input, guard, data_address) = match channel {
+            None => (writer, reader, None, None, None),
+            Some(channel) => {
+                let address = channel.peer();
+                let (channel_reader, channel_writer, guard) = channel.split();
+                // The far end writes nothing more on ssh: its end means
+                // the far end is gone, and the channel with it.
+                let closer = guard.closer();
+                let mut ssh_output = reader.into_inner();
+                std::thread::Builder::new()
+                    .name("snapsync-ssh-watch".into())
+                    .spawn(move || {
+                        let _ = std::io::copy(&mut ssh_output, &mut std::io::sink());
+                        closer.close();
+                    })
+                    .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+                let ssh_input = writer
+                    .into_inner()
+                    .map_err(|e| setup_lost(ProtocolError::Io(e.into_error())))?;
+                let writer: Box<dyn Write + Send> = Box::new(channel_writer);
+                let reader: Box<dyn Read + Send> = Box::new(channel_reader);
+                (
+                    BufWriter::with_capacity(BUFFER, writer),
+                    BufReader::with_capacity(BUFFER, reader),
+                    Some(ssh_input),
+                    Some(guard),
+                    Some(address),
+                )
+            }
+        };
+
         let (results_tx, results_rx) = unbounded();
         let conn = Arc::new(Connection {
             writer: Mutex::new(Some(writer)),
-            next_call: AtomicU64::new(1),
+            next_call: AtomicU64::new(calls + 1),
             calls: Mutex::new(HashMap::new()),
             results: results_rx,
             ended: Mutex::new(None),
@@ -376,7 +608,17 @@ impl RemoteEndpoint {
             conn,
             child: Mutex::new(child),
             root_id: Mutex::new(None),
+            ssh_input: Mutex::new(ssh_input),
+            channel: Mutex::new(guard),
+            data_address,
+            warning,
         })
+    }
+
+    /// Why `--transport auto` found no data channel, when it tried one:
+    /// one line for the user.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// Asks for a scan (`Scan` or `ScanDirty`) and checks the change set
@@ -413,11 +655,14 @@ impl Drop for RemoteEndpoint {
                 let _ = writer.flush();
             }
         }
+        // With a data channel, ssh's input is closed here.
+        drop(self.ssh_input.lock().unwrap().take());
         let mut child = self.child.lock().unwrap();
         if wait_briefly(&mut child).is_none() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        drop(self.channel.lock().unwrap().take());
     }
 }
 
@@ -437,6 +682,10 @@ impl Endpoint for RemoteEndpoint {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn data_channel(&self) -> Option<SocketAddr> {
+        self.data_address
     }
 
     fn wire_bytes(&self) -> (u64, u64) {
@@ -588,25 +837,75 @@ impl Endpoint for RemoteEndpoint {
         xattrs: bool,
         stop: &AtomicBool,
     ) -> Result<(), EndpointError> {
-        for chunk in jobs.chunks(1000) {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let asked: HashMap<u64, &FileJob> = chunk.iter().map(|j| (j.id, j)).collect();
-            let (call, rx) = self.conn.start_call(Body::SendFiles {
-                jobs: chunk.to_vec(),
-                xattrs,
-                compress: self.compress,
-            })?;
-            let result = receive_stream(&self.conn, &rx, &asked, sink);
+        // Several chunks are asked for ahead of the one arriving, so the far
+        // end goes from one to the next without waiting a round trip. They
+        // are asked on a thread of their own: a request may wait for the far
+        // end to read it, which it does only once it has sent what came
+        // before, which is received here meanwhile. Once asked, a chunk is
+        // received whole (the far end sends all of it).
+        let forget = |call: u64| {
             self.conn.calls.lock().unwrap().remove(&call);
-            match result {
-                Ok(()) => {}
-                Err(None) => return Err(self.conn.lost()),
-                Err(Some(error)) => return Err(error),
-            }
+        };
+        let chunks = pull_chunks(&jobs);
+        type Asked<'j> = Result<(u64, Receiver<Body>, &'j [FileJob]), EndpointError>;
+        let (asked_tx, asked_rx) = unbounded::<Asked>();
+        let (permit_tx, permit_rx) = bounded::<()>(PULL_AHEAD);
+        for _ in 0..PULL_AHEAD {
+            let _ = permit_tx.send(());
         }
-        Ok(())
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for chunk in chunks {
+                    if permit_rx.recv().is_err() || stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let asked = self
+                        .conn
+                        .start_call(Body::SendFiles {
+                            jobs: chunk.to_vec(),
+                            xattrs,
+                            compress: self.compress,
+                        })
+                        .map(|(call, rx)| (call, rx, chunk));
+                    let failed = asked.is_err();
+                    if asked_tx.send(asked).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let mut permits = Some(permit_tx);
+            let mut result = Ok(());
+            for asked in asked_rx {
+                let (call, rx, chunk) = match asked {
+                    Ok(asked) => asked,
+                    Err(error) => {
+                        result = result.and(Err(error));
+                        continue;
+                    }
+                };
+                if result.is_err() {
+                    forget(call);
+                    continue;
+                }
+                let wanted: HashMap<u64, &FileJob> = chunk.iter().map(|j| (j.id, j)).collect();
+                let received = receive_stream(&self.conn, &rx, &wanted, sink);
+                forget(call);
+                match received {
+                    Ok(()) => {
+                        if let Some(permits) = &permits {
+                            let _ = permits.send(());
+                        }
+                    }
+                    Err(error) => {
+                        result = Err(error.unwrap_or_else(|| self.conn.lost()));
+                        // No more asking; what was asked is let go.
+                        permits = None;
+                    }
+                }
+            }
+            drop(permits);
+            result
+        })
     }
 
     fn receive_files<'a>(&'a self, done: Done<'a>) -> Box<dyn FileSink + 'a> {
@@ -681,6 +980,33 @@ impl Endpoint for RemoteEndpoint {
         let reply = self.conn.call(Body::Finish(end.clone()))?;
         expect_reply!(reply, Body::Done => ())
     }
+}
+
+/// A pull asks for at most this many files in one `SendFiles`...
+const PULL_CHUNK_FILES: usize = 1000;
+/// ... and for at most this much data (or one file), so that what is asked
+/// and not yet arrived stays bounded, and so does the time a stop waits.
+const PULL_CHUNK_BYTES: u64 = 16 << 20;
+/// Chunks asked for at once: several round trips' worth of small files.
+const PULL_AHEAD: usize = 4;
+
+/// `jobs` cut into the chunks a pull asks for.
+fn pull_chunks(jobs: &[FileJob]) -> Vec<&[FileJob]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, job) in jobs.iter().enumerate() {
+        let full = i - start >= PULL_CHUNK_FILES
+            || (i > start && bytes.saturating_add(job.entry.size) > PULL_CHUNK_BYTES);
+        if full {
+            chunks.push(&jobs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(job.entry.size);
+    }
+    if start < jobs.len() {
+        chunks.push(&jobs[start..]);
+    }
+    chunks
 }
 
 /// Feeds one `SendFiles` stream into `sink`. Only files that were asked
@@ -846,5 +1172,43 @@ mod tests {
         assert_eq!(RemoteSpec::parse("/tmp/a:b"), None);
         assert_eq!(RemoteSpec::parse("plain"), None);
         assert_eq!(RemoteSpec::parse(":x"), None);
+    }
+
+    fn jobs(sizes: &[u64]) -> Vec<FileJob> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(id, &size)| {
+                let mut entry = Entry::bare(
+                    RelPath::new(format!("f{id}").as_bytes()).unwrap(),
+                    crate::model::Kind::File,
+                );
+                entry.size = size;
+                FileJob {
+                    id: id as u64,
+                    entry,
+                    basis: None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pulls_are_asked_in_chunks_bounded_by_count_and_bytes() {
+        let lens = |jobs: &[FileJob]| -> Vec<usize> {
+            pull_chunks(jobs).iter().map(|c| c.len()).collect()
+        };
+        assert_eq!(lens(&jobs(&[1; 2500])), [1000, 1000, 500]);
+        let big = PULL_CHUNK_BYTES;
+        assert_eq!(lens(&jobs(&[big, big, 1, 1])), [1, 1, 2]);
+        assert_eq!(lens(&jobs(&[big / 2, big / 2, big / 2])), [2, 1]);
+        assert!(lens(&jobs(&[])).is_empty());
+    }
+
+    #[test]
+    fn the_far_host_is_named_without_user_or_brackets() {
+        assert_eq!(host_name("user@host.example"), "host.example");
+        assert_eq!(host_name("[::1]"), "::1");
+        assert_eq!(host_name("localhost"), "localhost");
     }
 }
