@@ -248,3 +248,73 @@ fn push_over_ssh_through_a_lossy_link_arrives_complete() {
         "the link lost nothing: {stats}"
     );
 }
+
+#[test]
+fn push_over_quic_through_a_lossy_link_arrives_complete() {
+    let spec = WanSpec {
+        rate_mbit: 50.0,
+        rtt_ms: 40.0,
+        loss: 0.01,
+        seed: 5,
+        ..WanSpec::default()
+    };
+    let Some(bed) = WanBed::start(spec) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let remote = tmp.path().join("remote");
+    fs::create_dir(&local).unwrap();
+    generate_tree(&local, 11, 200, 0, 20_000);
+    write(&local, "big/blob.bin", &Rng::new(13).bytes(3 << 20));
+
+    let out = bed.snapsync("push", &local, &remote, &["--json", "--transport", "quic"]);
+    assert_code(&out, 0);
+    let s = summary(&out);
+    assert_eq!(s["transport"], "quic", "{s}");
+    assert_eq!(count(&s, "errors"), 0, "{s}");
+    assert_same_tree(&local, &remote);
+    let stats = bed.stats();
+    assert!(
+        stats["to_far"]["dropped_loss"].as_u64().unwrap() > 0,
+        "the link lost nothing: {stats}"
+    );
+}
+
+#[test]
+fn with_udp_dropped_auto_falls_back_to_ssh_and_quic_says_why() {
+    let spec = WanSpec {
+        rate_mbit: 50.0,
+        rtt_ms: 40.0,
+        drop_udp: true,
+        ..WanSpec::default()
+    };
+    let Some(bed) = WanBed::start(spec) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let remote = tmp.path().join("remote");
+    fs::create_dir(&local).unwrap();
+    generate_tree(&local, 17, 50, 0, 5_000);
+
+    // quic only: a clear refusal, nothing synced.
+    let out = bed.snapsync("push", &local, &remote, &["--transport", "quic"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("UDP"), "{err}");
+    assert!(!remote.join(".snapsync").exists() || tree(&remote).len() <= 1);
+
+    // auto: the round trip is long, QUIC is tried, UDP does not get
+    // through, and the run goes on over ssh with one warning.
+    let clock = Instant::now();
+    let out = bed.snapsync("push", &local, &remote, &["--json"]);
+    assert_code(&out, 0);
+    let s = summary(&out);
+    assert_eq!(s["transport"], "ssh", "{s}");
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_same_tree(&local, &remote);
+    eprintln!("auto with UDP dropped: {:?} in all", clock.elapsed());
+}
