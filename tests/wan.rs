@@ -218,6 +218,23 @@ fn drop_udp_drops_udp_but_tcp_passes() {
     assert_eq!(&banner, b"SSH-2.0");
 }
 
+/// The bed, with an empty local root and a remote path in a temp dir.
+fn bed_and_roots(
+    spec: WanSpec,
+) -> Option<(
+    WanBed,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+)> {
+    let bed = WanBed::start(spec)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let remote = tmp.path().join("remote");
+    fs::create_dir(&local).unwrap();
+    Some((bed, tmp, local, remote))
+}
+
 #[test]
 fn push_over_ssh_through_a_lossy_link_arrives_complete() {
     let spec = WanSpec {
@@ -227,13 +244,9 @@ fn push_over_ssh_through_a_lossy_link_arrives_complete() {
         seed: 3,
         ..WanSpec::default()
     };
-    let Some(bed) = WanBed::start(spec) else {
+    let Some((bed, _tmp, local, remote)) = bed_and_roots(spec) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("local");
-    let remote = tmp.path().join("remote");
-    fs::create_dir(&local).unwrap();
     generate_tree(&local, 7, 200, 0, 20_000);
     write(&local, "big/blob.bin", &Rng::new(9).bytes(3 << 20));
 
@@ -258,13 +271,9 @@ fn push_over_quic_through_a_lossy_link_arrives_complete() {
         seed: 5,
         ..WanSpec::default()
     };
-    let Some(bed) = WanBed::start(spec) else {
+    let Some((bed, _tmp, local, remote)) = bed_and_roots(spec) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("local");
-    let remote = tmp.path().join("remote");
-    fs::create_dir(&local).unwrap();
     generate_tree(&local, 11, 200, 0, 20_000);
     write(&local, "big/blob.bin", &Rng::new(13).bytes(3 << 20));
 
@@ -289,13 +298,9 @@ fn with_udp_dropped_auto_falls_back_to_ssh_and_quic_says_why() {
         drop_udp: true,
         ..WanSpec::default()
     };
-    let Some(bed) = WanBed::start(spec) else {
+    let Some((bed, _tmp, local, remote)) = bed_and_roots(spec) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tmp.path().join("local");
-    let remote = tmp.path().join("remote");
-    fs::create_dir(&local).unwrap();
     generate_tree(&local, 17, 50, 0, 5_000);
 
     // quic only: a clear refusal, nothing synced.
