@@ -584,3 +584,60 @@ fn push_and_pull_over_the_quic_data_channel_through_real_ssh() {
     assert_eq!(s["transport"], "quic", "{s}");
     assert_same_tree(&remote, &back);
 }
+
+#[test]
+fn guards_max_delete_and_backups_hold_over_ssh() {
+    let sshd = Sshd::start();
+    let (tmp, local, _) = roots();
+    let remote = tmp.path().join("far");
+    for i in 0..4 {
+        write(&local, &format!("f{i}.txt"), format!("v1 {i}").as_bytes());
+    }
+    assert_code(&sshd.snapsync("push", &local, &remote, &["-N", "g"]), 0);
+    let before = tree(&remote);
+
+    // An unmounted disk: the source root is an empty directory now.
+    let aside = tmp.path().join("aside");
+    fs::rename(&local, &aside).unwrap();
+    fs::create_dir(&local).unwrap();
+    let out = sshd.snapsync("push", &local, &remote, &["-N", "g"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("-x"), "{}", stderr(&out));
+    assert_eq!(tree(&remote), before, "the far root was touched");
+    assert!(
+        !local.join(".snapsync").exists(),
+        "the empty root got state"
+    );
+    fs::remove_dir(&local).unwrap();
+    fs::rename(&aside, &local).unwrap();
+
+    // Two deletions against a limit of one: refused, naming both numbers.
+    fs::remove_file(local.join("f0.txt")).unwrap();
+    fs::remove_file(local.join("f1.txt")).unwrap();
+    let out = sshd.snapsync("push", &local, &remote, &["-N", "g", "--max-delete", "1"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains('2') && err.contains('1'), "{err}");
+    assert_eq!(tree(&remote), before);
+
+    // Allowed, with a backup on the far root of what goes and what is replaced.
+    write(&local, "f2.txt", b"v2 2");
+    let out = sshd.snapsync(
+        "push",
+        &local,
+        &remote,
+        &["-N", "g", "--backup-dir", ".old"],
+    );
+    assert_code(&out, 0);
+    let runs: Vec<_> = fs::read_dir(remote.join(".old")).unwrap().collect();
+    assert_eq!(runs.len(), 1);
+    let run = runs.into_iter().next().unwrap().unwrap().path();
+    assert_eq!(fs::read(run.join("f0.txt")).unwrap(), b"v1 0");
+    assert_eq!(fs::read(run.join("f2.txt")).unwrap(), b"v1 2");
+    assert_eq!(read(&remote, "f2.txt"), b"v2 2");
+    assert!(!remote.join("f0.txt").exists());
+    assert!(
+        !local.join(".old").exists(),
+        "the backup dir was synced back"
+    );
+}
