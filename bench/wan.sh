@@ -372,9 +372,11 @@ load_end=$(loadavg)
     echo "- Repetitions: $REPS per tool per scenario, tools interleaved ($TOOLS); medians with min–max."
     echo "- Throughput = data bytes × 8 / wall time (ssh login and the tool's start included, as a user sees it); % of link = of $RATE_MBIT Mbit/s. CPU = user + system time of the near side (the tool and its ssh client) plus the far side (the sshd that served the run, its session and the far tool), in ms per Mbit moved (= ms of CPU per second for each Mbit/s; 5 ms/Mbit at 200 Mbit/s is one core). Router counters are of the near → far direction (the data's), between just before and just after the run: queue-overflow drops as a share of the packets that reached the queue (the loss the transfer itself causes), drops by random loss, and drops of the near tun's kernel queue (the router too slow; should be 0)."
     echo
-    python3 - "$RESULTS" "$RATE_MBIT" "$QUIC" "$QUIC_MISSING" <<'PY'
+    python3 - "$RESULTS" "$RATE_MBIT" "$QUIC" "$QUIC_MISSING" "$LOGINS" <<'PY'
 import json, statistics, sys
 path, rate, quic, missing = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+# the median ssh login (running `true`) measured on each bed: every run pays one
+login = {l.split("\t")[0]: float(l.split("\t")[1]) for l in open(sys.argv[5]).read().splitlines() if l}
 rows = [l.split("\t") for l in open(path).read().splitlines() if l]
 names = {"quic": "snapsync quic", "ssh": "snapsync ssh", "rsync": "rsync"}
 def delta(before, after):
@@ -407,8 +409,8 @@ losses = list(dict.fromkeys(k[0] for k in runs))
 tools = list(dict.fromkeys(k[2] for k in runs))
 print("## One session")
 print()
-print("| loss | data | tool | Mbit/s (min–max) | % of link | wall s | CPU ms per Mbit | ÷ rsync | queue-overflow drops | random-loss drops | tun drops |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| loss | data | tool | Mbit/s (min–max) | % of link | after login: Mbit/s, % of link | wall s | CPU ms per Mbit | ÷ rsync | queue-overflow drops | random-loss drops | tun drops |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for loss in losses:
     for data, dname in (("big", "big file"), ("small", "small files")):
         ref = runs.get((loss, data, "rsync"))
@@ -419,16 +421,19 @@ for loss in losses:
                 continue
             label = f"| {float(loss) * 100:g}% | {dname} | {names[tool]} |"
             if rs[0]["secs"] is None:
-                print(f"{label} {missing} | | | | | | | |")
+                print(f"{label} {missing} | | | | | | | | |")
                 continue
             med, cell = fmt_rates(rs)
+            after = statistics.median(r["bytes"] * 8 / max(0.01, r["secs"] - login.get(loss, 0)) / 1e6 for r in rs)
             cpu = statistics.median(r["cpu"] * 1000 / (r["bytes"] * 8 / 1e6) for r in rs)
             wall = statistics.median(r["secs"] for r in rs)
             vs = f"{med / ref_rate:.2f}×" if ref_rate and tool != "rsync" else ""
             q, l, t = router_cells(rs)
-            print(f"{label} {cell} | {100 * med / rate:.0f}% | {wall:.2f} | {cpu:.2f} | {vs} | {q} | {l} | {t} |")
+            print(f"{label} {cell} | {100 * med / rate:.0f}% | {after:.1f}, {100 * after / rate:.0f}% | {wall:.2f} | {cpu:.2f} | {vs} | {q} | {l} | {t} |")
 print()
 print("÷ rsync: throughput relative to rsync's in the same row group (above 1: faster).")
+print("After login: the same bytes over the wall time less one ssh login (the bed's median, above),")
+print("which every run of every tool pays before its first byte of data.")
 print("Router counters are of the last repetition.")
 print()
 pairs = [k for k in runs if k[1].startswith("pair")]

@@ -105,7 +105,10 @@ pub fn serve(
                         "the peer chose the data channel, but no client presented the token: {e}"
                     ))
                 })?;
-                let (reader, writer, guard) = channel.split();
+                let (reader, writer, mut guard) = channel.split();
+                // The session ends when the peer closes ssh, and it closes
+                // the channel first: there is nobody to linger for.
+                guard.linger(false);
                 let writer: Box<dyn Write + Send> = Box::new(writer);
                 let reader: Box<dyn Read + Send> = Box::new(reader);
                 let ssh = std::mem::replace(

@@ -634,9 +634,18 @@ pub fn replica_cycle(
     let mut target_asked = target_paths_to_look_up(&source_set, &target_set);
     source_asked.extend(links.also_look_up(&source_set));
     target_asked.extend(links.also_look_up(&target_set));
-    let source_now = source.lookup(&source_asked)?;
-    let target_now = target.lookup(&target_asked)?;
-    let content = target.find_content(&hashes_wanted(&source_set))?;
+    // Asked at once: with a far end, one round trip instead of three.
+    let (source_now, target_now, content) = std::thread::scope(|threads| {
+        let source_now = threads.spawn(|| source.lookup(&source_asked));
+        let content = threads.spawn(|| target.find_content(&hashes_wanted(&source_set)));
+        let target_now = target.lookup(&target_asked);
+        (
+            joined(source_now.join()),
+            target_now,
+            joined(content.join()),
+        )
+    });
+    let (source_now, target_now, content) = (source_now?, target_now?, content?);
     let plan = plan_replica(
         &ReplicaInput {
             source: &source_set,
@@ -850,6 +859,18 @@ fn check_deletes(
     }
 }
 
+/// What a lookup on a thread of its own answered.
+fn joined<T>(answer: std::thread::Result<Result<T, EndpointError>>) -> Result<T, EndpointError> {
+    answer.unwrap_or_else(|_| Err(lookup_stopped()))
+}
+
+fn lookup_stopped() -> EndpointError {
+    EndpointError::Root(
+        "a lookup stopped unexpectedly (a bug); nothing was changed. Run again, and report it if it happens again"
+            .into(),
+    )
+}
+
 /// Records on both roots what the plan is about to change, so that a run
 /// killed midway leaves them as `pending`. A full pass replaces what an
 /// unfinished earlier run left (its plan is what remains of that one).
@@ -992,9 +1013,24 @@ fn carry_out(
         failed_prefixes: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
         interrupted: AtomicBool::new(false),
+        writer: Mutex::new(None),
     };
-    run.execute(plan);
-    run.flush();
+    // Settled rows are written on a thread of their own, batch after
+    // batch in order, so that a far end's round trip per batch never
+    // holds up the files being sent.
+    let (batches, written) = crossbeam_channel::bounded::<Batch>(1);
+    *run.writer.lock().unwrap() = Some(batches);
+    std::thread::scope(|threads| {
+        threads.spawn(|| {
+            for batch in written {
+                run.write(batch);
+            }
+        });
+        run.execute(plan);
+        run.flush();
+        // The writer ends once it has written what was sent to it.
+        run.writer.lock().unwrap().take();
+    });
     let fatal = run.fatal.lock().unwrap().take();
     let counts = *run.counts.lock().unwrap();
     Carried {
@@ -1127,10 +1163,23 @@ pub fn bidi_cycle(
     fill_hashes(&mut local_set, &local_hashes);
     fill_hashes(&mut remote_set, &remote_hashes);
 
-    let local_now = local.lookup(&target_paths_to_look_up(&remote_set, &local_set))?;
-    let remote_now = remote.lookup(&target_paths_to_look_up(&local_set, &remote_set))?;
-    let local_content = local.find_content(&hashes_wanted(&remote_set))?;
-    let remote_content = remote.find_content(&hashes_wanted(&local_set))?;
+    // The far end is asked both at once: one round trip instead of two.
+    let ((local_now, local_content), (remote_now, remote_content)) =
+        std::thread::scope(|threads| {
+            let remote_asked = threads.spawn(|| {
+                let content = threads.spawn(|| remote.find_content(&hashes_wanted(&local_set)));
+                let now = remote.lookup(&target_paths_to_look_up(&local_set, &remote_set));
+                (now, joined(content.join()))
+            });
+            let local_now = local.lookup(&target_paths_to_look_up(&remote_set, &local_set));
+            let local_content = local.find_content(&hashes_wanted(&remote_set));
+            let remote_asked = remote_asked
+                .join()
+                .unwrap_or_else(|_| (Err(lookup_stopped()), Err(lookup_stopped())));
+            ((local_now, local_content), remote_asked)
+        });
+    let (local_now, local_content) = (local_now?, local_content?);
+    let (remote_now, remote_content) = (remote_now?, remote_content?);
     for path in keep_newer {
         let state = |set: &ChangeSet, now: &HashMap<RelPath, Entry>| match set.get(&path) {
             Some(change) => change.after.clone(),
@@ -1498,6 +1547,16 @@ struct Run<'a> {
     failed_prefixes: Mutex<Vec<RelPath>>,
     fatal: Mutex<Option<EndpointError>>,
     interrupted: AtomicBool,
+    /// Hands batches of settled rows to the thread that writes them.
+    writer: Mutex<Option<crossbeam_channel::Sender<Batch>>>,
+}
+
+/// Settled rows to write, and `--remove-source-files` removals they allow.
+struct Batch {
+    target: Vec<SnapshotUpdate>,
+    source: Vec<SnapshotUpdate>,
+    confirmed: Vec<Entry>,
+    to_verify: Vec<Entry>,
 }
 
 /// A file to stream: its plan item, and for content the plan meant to move
@@ -1894,18 +1953,37 @@ impl Run<'_> {
     /// copies those rows record: only once the target's rows are written,
     /// so a run killed at any point leaves every file on one side at least,
     /// and recorded there.
+    ///
+    /// The batch goes to the writer thread (waiting while it still writes
+    /// the one before the last), or is written here when there is none.
     fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap();
-        let target = std::mem::take(&mut pending.target);
-        let source = std::mem::take(&mut pending.source);
-        let confirmed = std::mem::take(&mut pending.confirmed);
-        let to_verify = std::mem::take(&mut pending.to_verify);
-        pending.since = None;
+        let batch = {
+            let mut pending = self.pending.lock().unwrap();
+            pending.since = None;
+            Batch {
+                target: std::mem::take(&mut pending.target),
+                source: std::mem::take(&mut pending.source),
+                confirmed: std::mem::take(&mut pending.confirmed),
+                to_verify: std::mem::take(&mut pending.to_verify),
+            }
+        };
+        let writer = self.writer.lock().unwrap().clone();
+        match writer {
+            Some(writer) => {
+                if let Err(unsent) = writer.send(batch) {
+                    self.write(unsent.into_inner());
+                }
+            }
+            None => self.write(batch),
+        }
+    }
+
+    fn write(&self, batch: Batch) {
         let result = self
             .target
-            .commit(&target)
-            .and_then(|()| self.source.commit(&source))
-            .and_then(|()| self.remove_from_source(confirmed, to_verify));
+            .commit(&batch.target)
+            .and_then(|()| self.source.commit(&batch.source))
+            .and_then(|()| self.remove_from_source(batch.confirmed, batch.to_verify));
         if let Err(error) = result {
             self.fatal.lock().unwrap().get_or_insert(error);
         }

@@ -106,8 +106,7 @@ pub const AUTO_MIN_RTT: Duration = Duration::from_millis(5);
 pub const AUTO_LIMIT: Duration = Duration::from_secs(2);
 /// How long `quic` waits for the data channel before it gives up.
 pub const QUIC_LIMIT: Duration = Duration::from_secs(5);
-/// Pings that time the ssh round trip (the least counts; one under the
-/// threshold ends the count).
+/// Pings that time the ssh round trip (the least counts).
 const PINGS: usize = 3;
 
 /// The buffers on the protocol's stream, each way.
@@ -333,20 +332,28 @@ impl Setup {
         Ok(())
     }
 
-    /// The least of a few ping round trips on the ssh stream (stopping at
-    /// the first under `enough`).
-    fn round_trip(&mut self, enough: Duration) -> Result<Duration, EndpointError> {
-        let mut least = Duration::MAX;
+    /// The least of a few ping round trips on the ssh stream. The pings go
+    /// out one after the other without waiting and are answered in order,
+    /// each timed from its own sending: the count costs one round trip.
+    fn round_trip(&mut self) -> Result<Duration, EndpointError> {
+        let mut sent = Vec::with_capacity(PINGS);
         for _ in 0..PINGS {
-            let started = Instant::now();
-            match self.request(Body::Ping) {
-                Ok(Body::Done) => {}
-                Ok(other) => return Err(unexpected(&other)),
-                Err(e) => return Err(setup_lost(e)),
+            self.calls += 1;
+            self.tell(Body::Ping).map_err(setup_lost)?;
+            sent.push((self.calls, Instant::now()));
+        }
+        let mut least = Duration::MAX;
+        for (call, started) in sent {
+            let (reply, _) = read_message(&mut self.reader).map_err(setup_lost)?;
+            if reply.call != call {
+                return Err(setup_lost(ProtocolError::Malformed(format!(
+                    "the far end answered call {} to call {call}",
+                    reply.call
+                ))));
             }
-            least = least.min(started.elapsed());
-            if least <= enough {
-                break;
+            match reply.body {
+                Body::Done => least = least.min(started.elapsed()),
+                other => return Err(unexpected(&other)),
             }
         }
         Ok(least)
@@ -526,7 +533,7 @@ impl RemoteEndpoint {
                 }
             },
             Transport::Auto => {
-                let rtt = setup.round_trip(AUTO_MIN_RTT).inspect_err(|_| {
+                let rtt = setup.round_trip().inspect_err(|_| {
                     let _ = child.kill();
                 })?;
                 if rtt > AUTO_MIN_RTT {
@@ -655,14 +662,25 @@ impl Drop for RemoteEndpoint {
                 let _ = writer.flush();
             }
         }
-        // With a data channel, ssh's input is closed here.
+        // With a data channel, ssh's input is closed here, and the channel
+        // closed at once: its closing packets travel while ssh ends.
         drop(self.ssh_input.lock().unwrap().take());
+        let channel = self.channel.lock().unwrap().take();
+        if let Some(channel) = &channel {
+            channel.closer().close();
+        }
         let mut child = self.child.lock().unwrap();
-        if wait_briefly(&mut child).is_none() {
+        let ended = wait_briefly(&mut child).is_some();
+        if !ended {
             let _ = child.kill();
             let _ = child.wait();
         }
-        drop(self.channel.lock().unwrap().take());
+        if let Some(mut channel) = channel {
+            if ended {
+                // The far end has gone: nobody is left to hear the close.
+                channel.linger(false);
+            }
+        }
     }
 }
 
@@ -731,6 +749,9 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn lookup(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Entry>, EndpointError> {
+        if paths.is_empty() {
+            return Ok(HashMap::new());
+        }
         let reply = self.conn.call(Body::Lookup(paths.to_vec()))?;
         let entries = expect_reply!(reply, Body::Entries(entries) => entries)?;
         Ok(entries.into_iter().map(|e| (e.path.clone(), e)).collect())
@@ -745,6 +766,9 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn find_content(&self, hashes: &[Hash]) -> Result<HashMap<Hash, Vec<RelPath>>, EndpointError> {
+        if hashes.is_empty() {
+            return Ok(HashMap::new());
+        }
         let reply = self.conn.call(Body::FindContent(hashes.to_vec()))?;
         let content = expect_reply!(reply, Body::Content(content) => content)?;
         Ok(content.into_iter().collect())

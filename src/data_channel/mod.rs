@@ -36,6 +36,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+mod congestion;
+
 /// Bytes of the one-time token.
 pub const TOKEN_LEN: usize = 32;
 /// Bytes of a certificate fingerprint (SHA-256).
@@ -215,7 +217,7 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport_config(server: bool) -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        .congestion_controller_factory(Arc::new(congestion::CappedBbrConfig::default()))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(SEND_WINDOW)
@@ -693,6 +695,7 @@ impl Channel {
             closer: ChannelCloser(self.connection),
             endpoint: self.endpoint,
             runtime: self.runtime,
+            linger: true,
         };
         (reader, writer, guard)
     }
@@ -782,11 +785,19 @@ pub struct ChannelGuard {
     closer: ChannelCloser,
     endpoint: quinn::Endpoint,
     runtime: Arc<Runtime>,
+    /// Whether dropping waits (briefly) for the peer to hear of the close.
+    linger: bool,
 }
 
 impl ChannelGuard {
     pub fn closer(&self) -> ChannelCloser {
         self.closer.clone()
+    }
+
+    /// Whether dropping the guard waits for the peer to hear of the close
+    /// (the default); not when the peer is known to have gone.
+    pub fn linger(&mut self, linger: bool) {
+        self.linger = linger;
     }
 
     /// The connection's round trip time, as QUIC measures it.
@@ -799,6 +810,9 @@ impl Drop for ChannelGuard {
     fn drop(&mut self) {
         self.closer.close();
         self.endpoint.close(VarInt::from_u32(DONE), b"");
+        if !self.linger {
+            return;
+        }
         let endpoint = self.endpoint.clone();
         let _ = self
             .runtime

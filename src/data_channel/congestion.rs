@@ -1,0 +1,291 @@
+//! The data channel's congestion control: quinn's BBR with its window
+//! capped near the path's measured bandwidth-delay product.
+//!
+//! quinn paces by window (about the window per round trip), not by BBR's
+//! pacing rate, and BBR keeps up to twice its estimate of the path in
+//! flight, more while that estimate runs high. Through a drop-tail queue
+//! of about one bandwidth-delay product the surplus overflows the queue
+//! again and again: a quarter of the packets or more dropped, each resent,
+//! at a link's full rate (measured on the WAN test bed). [`Capped`] keeps
+//! BBR's loss handling and startup and only lowers its window to
+//! `gain × delivery rate × minimum round trip`: the delivery rate is the
+//! highest rate at which acknowledgements arrived over one minimum round
+//! trip, within the last few round trips; gain is BBR's own startup gain
+//! until that rate stops growing, then [`STEADY_GAIN`], which leaves at
+//! most half a round trip of data queued in the path.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
+use quinn_proto::RttEstimator;
+
+/// Window gain while the delivery rate still grows (BBR's startup gain).
+const STARTUP_GAIN: f64 = 2.885;
+/// Window gain once it has stopped growing: the path's bandwidth-delay
+/// product plus half of it queued.
+pub const STEADY_GAIN: f64 = 1.5;
+/// Startup ends after this many rate samples without 25 % growth.
+const ROUNDS_WITHOUT_GROWTH: u32 = 3;
+/// Rate samples are kept this many minimum round trips.
+const FILTER_ROUNDS: u32 = 10;
+/// A sample spans at least this long, however short the round trip.
+const MIN_SAMPLE: Duration = Duration::from_millis(10);
+/// The window never drops below this many full packets.
+const MIN_PACKETS: u64 = 16;
+
+/// Builds [`Capped`] controllers around quinn's BBR.
+#[derive(Debug, Default)]
+pub struct CappedBbrConfig {
+    bbr: Arc<BbrConfig>,
+}
+
+impl ControllerFactory for CappedBbrConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(Capped {
+            bbr: Box::new(Bbr::new(Arc::clone(&self.bbr), current_mtu)),
+            mtu: current_mtu,
+            rate: DeliveryRate::new(now),
+        })
+    }
+}
+
+/// quinn's BBR, its window capped by [`DeliveryRate::cap`].
+#[derive(Clone)]
+pub struct Capped {
+    bbr: Box<Bbr>,
+    mtu: u16,
+    rate: DeliveryRate,
+}
+
+impl Controller for Capped {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.bbr.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
+        self.rate.acked(now, bytes, app_limited, rtt.min());
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.bbr
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.bbr
+            .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = new_mtu;
+        self.bbr.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        // Never below BBR's initial window: a session's first requests go
+        // out before the rate is known, from a sender mostly idle.
+        let floor = (MIN_PACKETS * u64::from(self.mtu)).max(self.bbr.initial_window());
+        match self.rate.cap() {
+            Some(cap) => self.bbr.window().min(cap.max(floor)),
+            None => self.bbr.window(),
+        }
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut metrics = self.bbr.metrics();
+        metrics.congestion_window = self.window();
+        metrics
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.bbr.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// The rate at which acknowledged bytes arrive: one sample per minimum
+/// round trip, the highest of the last [`FILTER_ROUNDS`] kept.
+#[derive(Debug, Clone)]
+struct DeliveryRate {
+    /// Where the current sample began, and the bytes acknowledged since.
+    start: Instant,
+    bytes: u64,
+    /// Whether anything in the current sample was acknowledged while the
+    /// sender had nothing to send (the rate then says little of the path).
+    app_limited: bool,
+    /// Finished samples: when each ended, and bytes per second.
+    samples: VecDeque<(Instant, f64)>,
+    min_rtt: Duration,
+    /// Still growing (startup), and the best rate startup has seen.
+    startup: bool,
+    startup_best: f64,
+    rounds_without_growth: u32,
+}
+
+impl DeliveryRate {
+    fn new(now: Instant) -> DeliveryRate {
+        DeliveryRate {
+            start: now,
+            bytes: 0,
+            app_limited: false,
+            samples: VecDeque::new(),
+            min_rtt: Duration::ZERO,
+            startup: true,
+            startup_best: 0.0,
+            rounds_without_growth: 0,
+        }
+    }
+
+    fn acked(&mut self, now: Instant, bytes: u64, app_limited: bool, min_rtt: Duration) {
+        self.min_rtt = min_rtt;
+        self.bytes += bytes;
+        self.app_limited |= app_limited;
+        let span = now.saturating_duration_since(self.start);
+        if span < min_rtt.max(MIN_SAMPLE) {
+            return;
+        }
+        let rate = self.bytes as f64 / span.as_secs_f64();
+        let best = self.best();
+        // A sample the application held back counts only when it raises
+        // the estimate: the path carried at least that much.
+        if !self.app_limited || rate > best {
+            self.samples.push_back((now, rate));
+            if self.startup && !self.app_limited {
+                if rate >= self.startup_best * 1.25 {
+                    self.startup_best = rate;
+                    self.rounds_without_growth = 0;
+                } else {
+                    self.rounds_without_growth += 1;
+                    self.startup = self.rounds_without_growth < ROUNDS_WITHOUT_GROWTH;
+                }
+            }
+        }
+        let keep = min_rtt.max(MIN_SAMPLE) * FILTER_ROUNDS;
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|(end, _)| now.saturating_duration_since(*end) > keep)
+        {
+            self.samples.pop_front();
+        }
+        self.start = now;
+        self.bytes = 0;
+        self.app_limited = false;
+    }
+
+    /// The highest sample kept, bytes per second.
+    fn best(&self) -> f64 {
+        self.samples
+            .iter()
+            .map(|(_, rate)| *rate)
+            .fold(0.0, f64::max)
+    }
+
+    /// The window cap in bytes, once there is a sample to base it on.
+    fn cap(&self) -> Option<u64> {
+        if self.samples.is_empty() || self.min_rtt.is_zero() {
+            return None;
+        }
+        let gain = if self.startup {
+            STARTUP_GAIN
+        } else {
+            STEADY_GAIN
+        };
+        Some((gain * self.best() * self.min_rtt.as_secs_f64()) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTT: Duration = Duration::from_millis(100);
+
+    /// Acknowledgements at `rate` bytes/s for `rounds` round trips, in
+    /// ten acks per round trip.
+    fn feed(rate: &mut DeliveryRate, now: &mut Instant, bytes_per_sec: f64, rounds: u32) {
+        for _ in 0..rounds * 10 {
+            *now += RTT / 10;
+            rate.acked(*now, (bytes_per_sec / 100.0) as u64, false, RTT);
+        }
+    }
+
+    #[test]
+    fn the_cap_follows_the_delivery_rate_with_the_startup_gain_then_the_steady_one() {
+        let mut now = Instant::now();
+        let mut rate = DeliveryRate::new(now);
+        assert_eq!(rate.cap(), None);
+        // Growing: doubling each round trip keeps startup on.
+        for step in 0..5 {
+            feed(&mut rate, &mut now, 1e6 * f64::from(1 << step), 1);
+        }
+        assert!(rate.startup);
+        let cap = rate.cap().unwrap() as f64;
+        assert!(
+            (cap - STARTUP_GAIN * 16e6 * 0.1).abs() < 0.05 * cap,
+            "{cap}"
+        );
+        // Flat at 25 MB/s (200 Mbit/s): startup ends, the cap is 1.5 BDP.
+        feed(&mut rate, &mut now, 25e6, 5);
+        assert!(!rate.startup);
+        let cap = rate.cap().unwrap() as f64;
+        assert!((cap - STEADY_GAIN * 25e6 * 0.1).abs() < 0.05 * cap, "{cap}");
+    }
+
+    #[test]
+    fn a_lower_rate_lowers_the_cap_only_after_the_filter_forgets_the_higher() {
+        let mut now = Instant::now();
+        let mut rate = DeliveryRate::new(now);
+        feed(&mut rate, &mut now, 25e6, 10);
+        let high = rate.cap().unwrap();
+        feed(&mut rate, &mut now, 5e6, 3);
+        assert_eq!(rate.cap().unwrap(), high);
+        feed(&mut rate, &mut now, 5e6, FILTER_ROUNDS + 2);
+        assert!(rate.cap().unwrap() < high / 4);
+    }
+
+    #[test]
+    fn an_idle_sender_keeps_its_estimate() {
+        let mut now = Instant::now();
+        let mut rate = DeliveryRate::new(now);
+        feed(&mut rate, &mut now, 25e6, 10);
+        let high = rate.cap().unwrap();
+        // Application-limited trickle for many round trips.
+        for _ in 0..200 {
+            now += RTT / 10;
+            rate.acked(now, 1000, true, RTT);
+        }
+        assert_eq!(rate.cap().unwrap(), high);
+    }
+}
