@@ -92,9 +92,9 @@ pub struct Deletes<'a> {
 /// was changed, and the way past.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
-    #[error("{root} is not a directory; give the directory to sync. Nothing was changed")]
+    #[error("the {root} is not a directory; give the directory to sync. Nothing was changed")]
     NotADirectory { root: String },
-    #[error("source directory {root} does not exist; check the path. Nothing was changed")]
+    #[error("the {root} is the source and does not exist; check the path. Nothing was changed")]
     SourceMissing { root: String },
     #[error(
         "the {root} does not exist, but this session has synced it before. An unmounted disk, a vanished network mount, a wrong path? Nothing was changed. {way}",

@@ -613,7 +613,9 @@ pub fn replica_cycle(
         let target_set = scan_side(target, target_scope, &options.diff);
         let source_set = source_scan
             .join()
-            .unwrap_or_else(|_| Err(EndpointError::Root("the source scan failed".into())));
+            .unwrap_or_else(|_| Err(EndpointError::Root(
+                "the scan of the source root stopped unexpectedly (a bug in snapsync); nothing was changed. Run again, and report it if it happens again".into(),
+            )));
         (source_set, target_set)
     });
     let (source_set, target_set) = (source_set?, target_set?);
@@ -851,10 +853,14 @@ fn check_deletes(
     );
     match verdict {
         Ok(()) => Ok(None),
-        Err(refusal) if options.dry_run => Ok(Some(format!(
-            "a run of session `{}` would be refused: {refusal}",
-            options.session
-        ))),
+        // A dry run shows its plan and then says what a run would meet.
+        Err(refusal) if options.dry_run => Ok(Some(
+            EndpointError::Refused(format!(
+                "a run of session `{}` would be refused: {refusal}",
+                options.session
+            ))
+            .to_string(),
+        )),
         Err(refusal) => Err(refused(options, refusal)),
     }
 }
@@ -1113,7 +1119,9 @@ pub fn bidi_cycle(
             let local_set = scan_side(local, scope.local(), &options.diff);
             let remote_set = remote_scan
                 .join()
-                .unwrap_or_else(|_| Err(EndpointError::Root("the remote scan failed".into())));
+                .unwrap_or_else(|_| Err(EndpointError::Root(
+                    "the scan of the remote root stopped unexpectedly (a bug in snapsync); nothing was changed. Run again, and report it if it happens again".into(),
+                )));
             (local_set, remote_set)
         });
         Ok::<_, EndpointError>((local_set?, remote_set?))

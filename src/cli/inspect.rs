@@ -59,7 +59,7 @@ impl Root {
         if let Some(name) = only {
             if !SessionDb::path_for(&self.state, name).exists() {
                 return Err(Failure::error(format!(
-                    "no session `{name}` is recorded in {}",
+                    "no session `{name}` is recorded in {}; `snapsync status` lists the sessions there",
                     self.state.display()
                 )));
             }
@@ -96,7 +96,7 @@ impl Root {
             (Some(parent), Some(name)) => (absolute(parent)?, name.to_os_string()),
             _ => {
                 return Err(Failure::usage(format!(
-                    "{} names no path in a root",
+                    "{} names no file or directory; give the path of one under the root",
                     path.display()
                 )))
             }
@@ -104,7 +104,7 @@ impl Root {
         let full = parent.join(name);
         let inside = full.strip_prefix(&self.dir).map_err(|_| {
             Failure::usage(format!(
-                "{} is not inside the root {}",
+                "{} is not inside the root {}; give a path under it (or choose the root with --root)",
                 path.display(),
                 self.dir.display()
             ))

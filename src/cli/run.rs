@@ -349,7 +349,7 @@ fn child_code(status: ExitStatus, name: &str) -> i32 {
         }
         (None, signal) => {
             eprintln!(
-                "[{name}] snapsync: error: the session's process ended by signal {}",
+                "[{name}] snapsync: error: the session's process ended by signal {}; its session log may say why (`snapsync status` shows where it is)",
                 signal.unwrap_or(0)
             );
             EXIT_ERROR

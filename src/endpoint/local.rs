@@ -1227,7 +1227,11 @@ impl Endpoint for LocalEndpoint {
                     }
                 }
             })
-            .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                EndpointError::Root(format!(
+                    "cannot start a thread: {e}; the system is short of memory or processes"
+                ))
+            })?;
         Ok(())
     }
 

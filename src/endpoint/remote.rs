@@ -419,9 +419,12 @@ impl RemoteEndpoint {
                 options.remote_command
             ))
         })?;
-        let (program, args) = rsh
-            .split_first()
-            .ok_or_else(|| EndpointError::Refused("--rsh is empty".into()))?;
+        let (program, args) = rsh.split_first().ok_or_else(|| {
+            EndpointError::Refused(
+                "--rsh is empty; give the command that reaches the host (the default is ssh)"
+                    .into(),
+            )
+        })?;
         let mut child = Command::new(program)
             .args(args)
             .arg(&spec.host)
@@ -433,7 +436,7 @@ impl RemoteEndpoint {
             .spawn()
             .map_err(|e| {
                 EndpointError::Root(format!(
-                    "cannot start `{program}` to reach {}: {e}",
+                    "cannot start `{program}` to reach {}: {e}; check --rsh",
                     spec.host
                 ))
             })?;
@@ -576,7 +579,11 @@ impl RemoteEndpoint {
                         let _ = std::io::copy(&mut ssh_output, &mut std::io::sink());
                         closer.close();
                     })
-                    .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+                    .map_err(|e| {
+                        EndpointError::Root(format!(
+                "cannot start a thread: {e}; the system is short of memory or processes"
+            ))
+                    })?;
                 let ssh_input = writer
                     .into_inner()
                     .map_err(|e| setup_lost(ProtocolError::Io(e.into_error())))?;
@@ -607,7 +614,11 @@ impl RemoteEndpoint {
         std::thread::Builder::new()
             .name("snapsync-remote-reader".into())
             .spawn(move || read_loop(reader_conn, reader, results_tx))
-            .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                EndpointError::Root(format!(
+                    "cannot start a thread: {e}; the system is short of memory or processes"
+                ))
+            })?;
         Ok(RemoteEndpoint {
             spec,
             preserve,
@@ -637,7 +648,8 @@ impl RemoteEndpoint {
         };
         if !set.changes.windows(2).all(|w| w[0].path < w[1].path) {
             return Err(EndpointError::Refused(
-                "the far end sent a change set out of order".into(),
+                "the far end sent a change set out of order; is it the same snapsync version?"
+                    .into(),
             ));
         }
         Ok(set)
@@ -817,7 +829,11 @@ impl Endpoint for RemoteEndpoint {
                     ..Default::default()
                 });
             })
-            .map_err(|e| EndpointError::Root(format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                EndpointError::Root(format!(
+                    "cannot start a thread: {e}; the system is short of memory or processes"
+                ))
+            })?;
         Ok(())
     }
 
@@ -848,7 +864,7 @@ impl Endpoint for RemoteEndpoint {
         let got = expect_reply!(reply, Body::Xattrs(got) => got)?;
         if got.len() != entries.len() {
             return Err(EndpointError::Refused(
-                "the far end answered for other entries".into(),
+                "the far end answered for other entries; is it the same snapsync version?".into(),
             ));
         }
         Ok(got)
@@ -954,7 +970,8 @@ impl Endpoint for RemoteEndpoint {
         let results = expect_reply!(reply, Body::Applied(results) => results)?;
         if results.len() != ops.len() {
             return Err(EndpointError::Refused(
-                "the far end answered for other operations".into(),
+                "the far end answered for other operations; is it the same snapsync version?"
+                    .into(),
             ));
         }
         Ok(results)
@@ -986,7 +1003,7 @@ impl Endpoint for RemoteEndpoint {
         let results = expect_reply!(reply, Body::Removed(results) => results)?;
         if results.len() != entries.len() {
             return Err(EndpointError::Refused(
-                "the far end answered for other files".into(),
+                "the far end answered for other files; is it the same snapsync version?".into(),
             ));
         }
         Ok(results)
@@ -1044,7 +1061,11 @@ fn receive_stream(
 ) -> Result<(), Option<EndpointError>> {
     let mut open: HashMap<u64, Box<dyn FileWriter + '_>> = HashMap::new();
     let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    let refuse = |what: String| Some(EndpointError::Refused(format!("the far end {what}")));
+    let refuse = |what: String| {
+        Some(EndpointError::Refused(format!(
+            "the far end {what}; is it the same snapsync version?"
+        )))
+    };
     loop {
         let body = conn.next(rx).map_err(|_| None)?;
         match body {
@@ -1116,7 +1137,11 @@ fn claim<'j>(
     seen: &mut std::collections::HashSet<u64>,
     id: u64,
 ) -> Result<&'j FileJob, Option<EndpointError>> {
-    let refuse = |what: String| Some(EndpointError::Refused(format!("the far end {what}")));
+    let refuse = |what: String| {
+        Some(EndpointError::Refused(format!(
+            "the far end {what}; is it the same snapsync version?"
+        )))
+    };
     let ours = asked
         .get(&id)
         .copied()

@@ -38,7 +38,7 @@ pub enum StateError {
         pid: String,
         path: PathBuf,
     },
-    #[error("state directory {path}: {source}")]
+    #[error("state directory: cannot use {path}: {source}; check its permissions and free space")]
     Io {
         path: PathBuf,
         source: std::io::Error,
