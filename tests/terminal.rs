@@ -324,7 +324,11 @@ impl Bed {
         let mut args: Vec<OsString> = vec!["push".into()];
         args.extend(extra.iter().map(OsString::from));
         if remote {
+            // Through the shim's pipes, never the data channel: the same
+            // session code either way, and no chance of a fallback warning.
             args.extend([
+                "--transport".into(),
+                "ssh".into(),
                 "--rsh".into(),
                 self.shim.clone().into_os_string(),
                 "--remote-command".into(),
@@ -416,6 +420,8 @@ fn progress_bar_follows_a_remote_pull() {
         "--progress".into(),
         "--bwlimit".into(),
         "96K".into(),
+        "--transport".into(),
+        "ssh".into(),
         "--rsh".into(),
         bed.shim.clone().into_os_string(),
         "--remote-command".into(),
