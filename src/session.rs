@@ -15,8 +15,8 @@ use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
 use crate::changes::DiffOptions;
 use crate::changes::{ChangeKind, ChangeSet};
 use crate::endpoint::{
-    Applied, Done, Endpoint, EndpointError, FileJob, OpFailure, ReportSink, Role, RunEnd,
-    SessionRequest, WatchReport, WatchTiming,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, ReportSink,
+    Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
 };
 use crate::guard::{self, MaxDelete, Refusal};
 use crate::lineage::{self, Edge};
@@ -126,6 +126,60 @@ pub trait Observer: Sync {
     /// A bidi run found a conflict; it is left as it is on both sides.
     fn conflict(&self, _conflict: &Conflict) {}
     fn warning(&self, _message: &str) {}
+    /// File content on its way, as the source hands it to the target:
+    /// `bytes` more of a file (sent, or taken from the target's older
+    /// version), and with `file_end` the whole of a file. The file's `done`
+    /// follows once the target has it in place, which over a network may
+    /// be much later.
+    fn sending(&self, _bytes: u64, _file_end: bool) {}
+}
+
+/// The target's file sink as the session hands it to the source: tells
+/// the observer how far each file's content has got.
+struct ObservedSink<'a> {
+    sink: &'a dyn FileSink,
+    observer: &'a dyn Observer,
+}
+
+impl FileSink for ObservedSink<'_> {
+    fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
+        let writer = self.sink.open(job)?;
+        Some(Box::new(ObservedWriter {
+            writer,
+            observer: self.observer,
+        }))
+    }
+
+    fn wait(&self) -> Result<(), EndpointError> {
+        self.sink.wait()
+    }
+}
+
+struct ObservedWriter<'a> {
+    writer: Box<dyn FileWriter + 'a>,
+    observer: &'a dyn Observer,
+}
+
+impl FileWriter for ObservedWriter<'_> {
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.writer.literal(data)?;
+        self.observer.sending(data.len() as u64, false);
+        Ok(())
+    }
+
+    fn copy(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.writer.copy(offset, len)?;
+        self.observer.sending(len, false);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, end: SourceEnd) {
+        let complete = matches!(end, SourceEnd::Complete { .. });
+        self.writer.finish(end);
+        if complete {
+            self.observer.sending(0, true);
+        }
+    }
 }
 
 /// The run's summary, as printed and as `--json` keys.
@@ -1805,8 +1859,12 @@ impl Run<'_> {
             });
             let sent = {
                 let sink = self.target.receive_files(done);
+                let observed = ObservedSink {
+                    sink: sink.as_ref(),
+                    observer: self.observer,
+                };
                 self.source
-                    .send_files(jobs, sink.as_ref(), self.xattrs, self.stop)
+                    .send_files(jobs, &observed, self.xattrs, self.stop)
                     .and_then(|()| sink.wait())
             };
             if let Err(error) = sent {
@@ -2117,5 +2175,65 @@ mod tests {
         );
         assert!(matches!(scope, Scope::Full));
         assert_eq!(said, vec!["queue overflow"]);
+    }
+
+    /// A sink that takes everything and reports nothing.
+    struct Quiet;
+
+    struct Swallow;
+
+    impl FileWriter for Swallow {
+        fn literal(&mut self, _data: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn copy(&mut self, _offset: u64, _len: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn finish(self: Box<Self>, _end: SourceEnd) {}
+    }
+
+    impl FileSink for Quiet {
+        fn open(&self, _job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
+            Some(Box::new(Swallow))
+        }
+        fn wait(&self) -> Result<(), EndpointError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<(u64, bool)>>);
+
+    impl Observer for Heard {
+        fn sending(&self, bytes: u64, file_end: bool) {
+            self.0.lock().unwrap().push((bytes, file_end));
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_content_as_it_goes_and_whole_files_only() {
+        let heard = Heard::default();
+        let sink = ObservedSink {
+            sink: &Quiet,
+            observer: &heard,
+        };
+        let job = FileJob {
+            id: 0,
+            entry: Entry::bare(RelPath::new(b"f").unwrap(), Kind::File),
+            basis: None,
+        };
+        let mut writer = sink.open(&job).unwrap();
+        writer.literal(&[0; 100]).unwrap();
+        writer.copy(0, 4096).unwrap();
+        writer.finish(SourceEnd::Complete {
+            hash: [0; 32],
+            xattrs: None,
+        });
+        let failed = sink.open(&job).unwrap();
+        failed.finish(SourceEnd::Failed("changed while it was read".into()));
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            vec![(100, false), (4096, false), (0, true)]
+        );
     }
 }

@@ -19,6 +19,7 @@ mod inspect;
 mod output;
 mod run;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -83,7 +84,11 @@ pub fn main() -> i32 {
     match execute(cli, &matches) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("snapsync: error: {}", failure.message);
+            eprintln!(
+                "{} {}",
+                output::label(output::Label::Error),
+                failure.message
+            );
             failure.code
         }
     }
@@ -111,6 +116,17 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<i32, Failure> {
 }
 
 fn serve() -> Result<i32, Failure> {
+    // The near end decides when a run stops, and this side ends when its
+    // input closes. A Ctrl-C in the near end's terminal also reaches this
+    // process when a local `--rsh` starts it in the same process group;
+    // dying of it would turn the near end's clean stop (finish the files
+    // in flight, save, exit 130) into a lost connection. Run by hand on a
+    // terminal, Ctrl-C still ends it.
+    if !std::io::stdin().is_terminal() {
+        let heard = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, heard)
+            .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
+    }
     snapsync::serve::serve(Box::new(std::io::stdin()), Box::new(std::io::stdout()))
         .map(|()| EXIT_OK)
         .map_err(|e| Failure::error(format!("serve: {e}")))
@@ -195,7 +211,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
-    let printer = output::Printer::new(args, direction == Direction::Bidi);
+    let printer = output::Printer::new(args, direction == Direction::Bidi, Arc::clone(&stop));
     let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
         Ok(match &remote_spec {
             Some(spec) => {
@@ -235,6 +251,8 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
                 // The first pass, then each cycle that did something.
                 if std::mem::take(&mut first) || !quiet_cycle(outcome) {
                     printer.finish(outcome);
+                } else {
+                    printer.clear_progress();
                 }
             },
         )
