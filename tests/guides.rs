@@ -17,6 +17,9 @@
 //! test, so an example cannot be skipped by a typo; so does a guide without
 //! one `sh` block.
 //!
+//! `SNAPSYNC_SHOW_GUIDES=1 cargo test --test guides -- --nocapture` prints
+//! what each example printed, to write an output block from.
+//!
 //! Each `sh` block runs in a directory of its own with `snapsync` (this
 //! build) first on `PATH`, `HOME` inside that directory, and a far host:
 //! `web1` and `localhost` are ssh names for a private sshd on 127.0.0.1
@@ -399,6 +402,9 @@ fn run_guide(guide: &str) {
                         "{guide}:{}: the example failed.\n--- script ---\n{script}--- output ---\n{}",
                         block.line, result.output
                     );
+                }
+                if std::env::var_os("SNAPSYNC_SHOW_GUIDES").is_some() {
+                    eprintln!("--- {guide}:{} ---\n{}", block.line, result.output);
                 }
                 ran += 1;
                 last = Some((block.line, result));
