@@ -926,7 +926,7 @@ fn joined<T>(answer: std::thread::Result<Result<T, EndpointError>>) -> Result<T,
 
 fn lookup_stopped() -> EndpointError {
     EndpointError::Root(
-        "a lookup stopped unexpectedly (a bug); nothing was changed. Run again, and report it if it happens again"
+        "a lookup stopped unexpectedly (a bug in snapsync); nothing was changed. Run again, and report it if it happens again"
             .into(),
     )
 }
