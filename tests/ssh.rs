@@ -641,3 +641,77 @@ fn guards_max_delete_and_backups_hold_over_ssh() {
         "the backup dir was synced back"
     );
 }
+
+/// A `^C` in a terminal signals its whole foreground process group: the
+/// near end, and the ssh client it started. The near end finishes the file
+/// in flight, saves what was done and exits 130; ssh must not die first
+/// (the run would end as a lost connection, exit 1). Here the group gets
+/// SIGINT as a terminal would send it.
+#[test]
+fn sigint_to_the_process_group_stops_a_push_over_ssh_cleanly() {
+    use std::os::unix::process::CommandExt;
+    const COUNT: usize = 200;
+    let sshd = Sshd::start();
+    let (_tmp, local, remote) = roots();
+    for i in 0..COUNT {
+        write(
+            &local,
+            &format!("f{i:04}"),
+            &Rng::new(i as u64).bytes(16 * 1024),
+        );
+    }
+    let mut cmd = Command::new(bin());
+    cmd.args(["push", "--json", "--transport", "ssh", "--bwlimit", "64K"])
+        .arg("--rsh")
+        .arg(sshd.rsh())
+        .arg("--remote-command")
+        .arg(bin())
+        .arg(&local)
+        .arg(sshd.remote(&remote))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let child = cmd.spawn().unwrap();
+    let group = child.id();
+    let arrived = || {
+        fs::read_dir(&remote).map_or(0, |dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
+                .count()
+        })
+    };
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while arrived() < 3 {
+        assert!(Instant::now() < deadline, "no file arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}\n{}", sshd.log());
+    assert!(
+        stderr.contains("run the same command again to finish"),
+        "{stderr}"
+    );
+    // Only complete copies under real names.
+    for entry in fs::read_dir(&remote).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(i) = name.strip_prefix('f') {
+            let i: u64 = i.parse().unwrap();
+            assert_eq!(
+                fs::read(remote.join(&name)).unwrap(),
+                Rng::new(i).bytes(16 * 1024),
+                "{name}"
+            );
+        }
+    }
+    let done = arrived();
+    assert!(done < COUNT, "the run was not interrupted");
+    let s = sshd.json("push", &local, &remote, &["--transport", "ssh"]);
+    assert_eq!(count(&s, "created"), (COUNT - done) as u64, "{s}");
+    assert_same_tree(&local, &remote);
+}

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -425,7 +426,20 @@ impl RemoteEndpoint {
                     .into(),
             )
         })?;
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        // A ^C in the terminal goes to its whole foreground process group:
+        // the far end must outlive it, so that this end can finish the file
+        // in flight, save what was done and end the session itself (exit
+        // 130). An ssh that finds SIGINT ignored keeps it ignored.
+        // SAFETY: the closure only calls signal(2), which is safe between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(args)
             .arg(&spec.host)
             .args(&remote)
