@@ -33,14 +33,13 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sshd::{make_ssh_keys, require_ssh_programs, sshd_config, sshd_listening};
+use common::sshd::{make_ssh_keys, sshd_config, start_sshd};
 use common::{bin, require_program};
 
 /// The longest one example may take.
@@ -145,16 +144,8 @@ struct FarHost {
     child: Child,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
-
 impl FarHost {
     fn start() -> FarHost {
-        let sshd = require_ssh_programs();
         let ssh = require_program("ssh", "openssh-client", &[]);
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -176,17 +167,9 @@ impl FarHost {
         .unwrap();
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
 
-        let log_path = d.join("sshd.log");
-        for _ in 0..5 {
-            let port = free_port();
+        let (child, _) = start_sshd(d, |port| {
             // Each session starts in the far "home" the block chose, with
             // this build first on PATH.
-            let config = format!(
-                "{}AcceptEnv SNAPSYNC_GUIDE_HOME\nForceCommand cd \"$SNAPSYNC_GUIDE_HOME\" && PATH=\"{}:$PATH\" && export PATH && eval \"$SSH_ORIGINAL_COMMAND\"\n",
-                sshd_config(d, "127.0.0.1", port),
-                bin_dir.display()
-            );
-            fs::write(d.join("sshd_config"), config).unwrap();
             fs::write(
                 d.join("ssh_config"),
                 format!(
@@ -197,33 +180,13 @@ impl FarHost {
                 ),
             )
             .unwrap();
-            let log = fs::File::create(&log_path).unwrap();
-            let mut child = Command::new(&sshd)
-                .args(["-D", "-e", "-f"])
-                .arg(d.join("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", sshd.display()));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if sshd_listening(&log_path, "127.0.0.1", port) {
-                    return FarHost { dir, child };
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
-            if !log.contains("Address already in use") {
-                panic!("sshd did not start; its log:\n{log}");
-            }
-        }
-        panic!("sshd found no free port in 5 tries");
+            format!(
+                "{}AcceptEnv SNAPSYNC_GUIDE_HOME\nForceCommand cd \"$SNAPSYNC_GUIDE_HOME\" && PATH=\"{}:$PATH\" && export PATH && eval \"$SSH_ORIGINAL_COMMAND\"\n",
+                sshd_config(d, "127.0.0.1", port),
+                bin_dir.display()
+            )
+        });
+        FarHost { dir, child }
     }
 
     fn bin_dir(&self) -> PathBuf {

@@ -9,7 +9,6 @@
 mod common;
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,58 +27,19 @@ struct Sshd {
     user: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a free loopback port")
-        .port()
-}
-
 impl Sshd {
     fn start() -> Sshd {
-        let sshd = require_ssh_programs();
         let dir = tempfile::tempdir().unwrap();
         make_ssh_keys(dir.path());
-        let user = current_user();
-
-        // Another test may take the port between our probe and sshd's bind:
-        // then sshd exits at once and we try another.
-        let log_path = dir.path().join("sshd.log");
-        for _ in 0..5 {
-            let port = free_port();
-            let config = dir.path().join("sshd_config");
-            fs::write(&config, sshd_config(dir.path(), "127.0.0.1", port)).unwrap();
-            let log = fs::File::create(&log_path).unwrap();
-            let mut child = Command::new(&sshd)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", sshd.display()));
-            match wait_ready(&mut child, port, &log_path) {
-                Ok(()) => {
-                    return Sshd {
-                        dir,
-                        child,
-                        port,
-                        user,
-                    }
-                }
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = fs::read_to_string(&log_path).unwrap_or_default();
-                    if !log.contains("Address already in use") {
-                        panic!("sshd {why}; its log:\n{log}");
-                    }
-                }
-            }
+        let (child, port) = start_sshd(dir.path(), |port| {
+            sshd_config(dir.path(), "127.0.0.1", port)
+        });
+        Sshd {
+            dir,
+            child,
+            port,
+            user: current_user(),
         }
-        panic!("sshd found no free port in 5 tries");
     }
 
     fn log(&self) -> String {
@@ -127,26 +87,6 @@ impl Sshd {
         assert_eq!(count(&s, "errors"), 0, "{s}");
         s
     }
-}
-
-/// Waits until this sshd listens on `port` (its log says so: a port shared
-/// by accident with another test's sshd would accept connections too) and
-/// accepts connections; or says why not.
-fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("exited ({status}) before listening on port {port}"));
-        }
-        if sshd_listening(log, "127.0.0.1", port)
-            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("did not listen on port {port} within 10 s"))
 }
 
 impl Drop for Sshd {

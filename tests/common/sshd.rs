@@ -106,3 +106,59 @@ pub fn ssh_words(port: u16, key: &Path) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+/// Starts a private sshd on 127.0.0.1 with the configuration `config`
+/// gives for a free port (written to `dir/sshd_config`, logging to
+/// `dir/sshd.log`), and waits until it listens. Another test may take the
+/// port between the probe and sshd's bind: sshd then exits at once and
+/// another port is tried.
+pub fn start_sshd(dir: &Path, config: impl Fn(u16) -> String) -> (std::process::Child, u16) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let sshd = require_ssh_programs();
+    let log_path = dir.join("sshd.log");
+    for _ in 0..5 {
+        let port = free_port();
+        fs::write(dir.join("sshd_config"), config(port)).unwrap();
+        let log = fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(&sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", sshd.display()));
+        // Listening on `port` by its own log (a port shared by accident
+        // with another test's sshd would accept connections too), and
+        // accepting connections.
+        let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if sshd_listening(&log_path, "127.0.0.1", port)
+                && std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+                    .is_ok()
+            {
+                return (child, port);
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        if !log.contains("Address already in use") {
+            panic!("sshd did not start on port {port}; its log:\n{log}");
+        }
+    }
+    panic!("sshd found no free port in 5 tries");
+}
