@@ -35,18 +35,25 @@ fn from_git() -> Option<(String, String)> {
     }
     let commit = git(&here, &["rev-parse", "--short=12", "HEAD"])?;
     let date = git(&here, &["log", "-1", "--format=%cs", "HEAD"]).unwrap_or_default();
-    // Build again when HEAD moves: a commit, a checkout. In a linked work
-    // tree HEAD lives in its own git dir, the branches in the common one.
+    // Build again when HEAD moves: a commit on its branch, a checkout. Only
+    // that branch's ref is watched, not all of refs/heads/, which work on
+    // other branches (and other work trees) touches. In a linked work tree
+    // HEAD lives in its own git dir, the branches in the common one.
     let git_dir = here.join(git(&here, &["rev-parse", "--git-dir"])?);
     let common_dir = here.join(git(&here, &["rev-parse", "--git-common-dir"])?);
-    for watched in [
-        git_dir.join("HEAD"),
-        common_dir.join("refs/heads"),
-        common_dir.join("packed-refs"),
-    ] {
-        if watched.exists() {
-            println!("cargo:rerun-if-changed={}", watched.display());
-        }
+    let mut watched = vec![git_dir.join("HEAD"), common_dir.join("packed-refs")];
+    if let Some(branch) = git(&here, &["symbolic-ref", "-q", "HEAD"]) {
+        let loose = common_dir.join(&branch);
+        // A packed ref gets a loose file at its next commit, in this directory.
+        let watch = if loose.exists() {
+            loose
+        } else {
+            loose.parent()?.to_path_buf()
+        };
+        watched.push(watch);
+    }
+    for path in watched.iter().filter(|path| path.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     Some((commit, date))
 }
