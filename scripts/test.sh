@@ -20,6 +20,12 @@ command -v unison >/dev/null 2>&1 || missing+=(unison)
 { command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip; } || missing+=(iproute2)
 # tests/links_acls.rs sets and reads POSIX ACLs (-A).
 { command -v setfacl >/dev/null 2>&1 && command -v getfacl >/dev/null 2>&1; } || missing+=(acl)
+# tests/ship.rs loads the completion scripts in bash, zsh and fish and
+# renders the man page with man; scripts/install-check.sh checks `man
+# snapsync` after installing the Debian package.
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v fish >/dev/null 2>&1 || missing+=(fish)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${missing[*]}; run as root to install them" >&2
@@ -32,5 +38,12 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets 2>&1
+# Installing as a user would: the Debian package with apt-get, then
+# `cargo install --path .`, each used for a real sync (needs root; CI is).
+if [ "$(id -u)" -eq 0 ]; then
+    scripts/install-check.sh
+else
+    echo "scripts/test.sh: not root, so scripts/install-check.sh (the install paths) is skipped" >&2
+fi
 # The benchmark harness, at tiny sizes: that it works, not how fast.
 SNAPSYNC="$PWD/target/debug/snapsync" bench/run.sh quick

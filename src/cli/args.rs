@@ -1,8 +1,13 @@
-//! Every flag, defined once, with its help text.
+//! Every flag, defined once, with its help text. The parser, the shell
+//! completion scripts and the man page are all made from [`command`].
+//!
+//! `tests/ship.rs` compiles this file too, to check the man page against
+//! these definitions: it may use clap, clap_complete and the library,
+//! nothing else of the binary.
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum, ValueHint};
 
 use snapsync::data_channel::PortRange;
 use snapsync::endpoint::Transport;
@@ -87,6 +92,12 @@ pub enum Command {
     Run(RunArgs),
     /// The far end: speaks the protocol on stdin/stdout (started through --rsh)
     Serve,
+    /// Print a shell completion script on stdout
+    #[command(after_help = COMPLETIONS_EXAMPLE)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout
+    #[command(after_help = "To read it: snapsync man | man -l -")]
+    Man,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +149,7 @@ pub struct SyncArgs {
     /// The local root (a directory)
     pub local: PathBuf,
     /// The other root: a directory, or [user@]host:path (created if missing when it is the target)
+    #[arg(value_hint = ValueHint::AnyPath)]
     pub remote: String,
 
     /// Session name; by default derived from both roots and the direction
@@ -178,7 +190,7 @@ pub struct SyncArgs {
     /// Move what a run deletes or replaces on a receiving root into
     /// DIR/<run start, UTC>/ there, instead of discarding it (DIR relative
     /// to that root, and then never synced, or absolute on its host)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub backup_dir: Option<String>,
     /// Push and pull: remove each source file once its copy is verified on
     /// the target (directories stay); implies --no-delete
@@ -213,10 +225,10 @@ pub struct SyncArgs {
     #[arg(short = 'z', long)]
     pub compress: bool,
     /// How to start the far end: COMMAND [ARGS], run as `CMD [user@]host <remote-command> serve`
-    #[arg(long, value_name = "CMD", default_value = "ssh")]
+    #[arg(long, value_name = "CMD", default_value = "ssh", value_hint = ValueHint::CommandString)]
     pub rsh: String,
     /// The snapsync program on the far host
-    #[arg(long, value_name = "PATH", default_value = "snapsync")]
+    #[arg(long, value_name = "PATH", default_value = "snapsync", value_hint = ValueHint::CommandName)]
     pub remote_command: String,
     /// What carries the session to a remote root after ssh started it: a
     /// QUIC data channel, for long or lossy links (auto: when the round trip
@@ -374,6 +386,39 @@ pub struct RunArgs {
     /// Sessions to run: names of tables in the config file
     #[arg(value_name = "NAME", required_unless_present = "all")]
     pub names: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(shell: Shell) -> Self {
+        match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
+}
+
+const COMPLETIONS_EXAMPLE: &str = "\
+Install the script where your shell looks for completions, e.g.:
+
+  snapsync completions bash > ~/.local/share/bash-completion/completions/snapsync
+  snapsync completions zsh > ~/.zfunc/_snapsync    # with fpath+=(~/.zfunc) before compinit
+  snapsync completions fish > ~/.config/fish/completions/snapsync.fish
+
+The Debian package installs all three.";
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
 }
 
 /// A size: bytes, or a number with `K`, `M` or `G` (powers of 1024; a

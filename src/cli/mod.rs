@@ -14,8 +14,10 @@ macro_rules! say {
 }
 
 mod args;
+mod completions;
 mod config;
 mod inspect;
+mod man;
 mod output;
 mod run;
 
@@ -112,6 +114,22 @@ fn execute(cli: Cli, matches: &clap::ArgMatches) -> Result<i32, Failure> {
         Command::Ls(args) => inspect::ls(&args),
         Command::Run(args) => run::run(&args, sub("run")),
         Command::Serve => serve(),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man => man::man(),
+    }
+}
+
+/// Writes a whole generated text (`man`, `completions`) to stdout; a
+/// reader that went away early (`snapsync man | head`) is not an error.
+fn write_stdout(bytes: &[u8], what: &str) -> Result<i32, Failure> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(EXIT_OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(EXIT_OK),
+        Err(e) => Err(Failure::error(format!(
+            "cannot write {what} to standard output: {e}"
+        ))),
     }
 }
 
