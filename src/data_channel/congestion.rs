@@ -12,7 +12,10 @@
 //! highest rate at which acknowledgements arrived over one minimum round
 //! trip, within the last few round trips; gain is BBR's own startup gain
 //! until that rate stops growing, then [`STEADY_GAIN`], which leaves at
-//! most half a round trip of data queued in the path.
+//! most half a round trip of data queued in the path. Every window gets
+//! [`SHARE_PACKETS`] on top, the same for each flow whatever its rate:
+//! that is what makes sessions sharing a bottleneck converge to equal
+//! shares.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -30,11 +33,15 @@ pub const STEADY_GAIN: f64 = 1.5;
 /// Startup ends after this many rate samples without 25 % growth.
 const ROUNDS_WITHOUT_GROWTH: u32 = 3;
 /// Rate samples are kept this many minimum round trips.
-const FILTER_ROUNDS: u32 = 10;
+const FILTER_ROUNDS: u32 = 6;
 /// A sample spans at least this long, however short the round trip.
 const MIN_SAMPLE: Duration = Duration::from_millis(10);
 /// The window never drops below this many full packets.
 const MIN_PACKETS: u64 = 16;
+/// Full packets every capped window gets on top of its share: what makes
+/// flows that share a bottleneck converge to equal rates (with a cap
+/// proportional to each flow's own rate alone, any split would stay).
+const SHARE_PACKETS: u64 = 96;
 
 /// Builds [`Capped`] controllers around quinn's BBR.
 #[derive(Debug, Default)]
@@ -108,7 +115,7 @@ impl Controller for Capped {
         // Never below BBR's initial window: a session's first requests go
         // out before the rate is known, from a sender mostly idle.
         let floor = (MIN_PACKETS * u64::from(self.mtu)).max(self.bbr.initial_window());
-        match self.rate.cap() {
+        match self.rate.cap(self.mtu) {
             Some(cap) => self.bbr.window().min(cap.max(floor)),
             None => self.bbr.window(),
         }
@@ -212,8 +219,10 @@ impl DeliveryRate {
             .fold(0.0, f64::max)
     }
 
-    /// The window cap in bytes, once there is a sample to base it on.
-    fn cap(&self) -> Option<u64> {
+    /// The window cap in bytes, once there is a sample to base it on:
+    /// the gain times the rate times the least round trip, and
+    /// [`SHARE_PACKETS`] of `mtu` bytes on top.
+    fn cap(&self, mtu: u16) -> Option<u64> {
         if self.samples.is_empty() || self.min_rtt.is_zero() {
             return None;
         }
@@ -222,7 +231,8 @@ impl DeliveryRate {
         } else {
             STEADY_GAIN
         };
-        Some((gain * self.best() * self.min_rtt.as_secs_f64()) as u64)
+        let share = SHARE_PACKETS * u64::from(mtu);
+        Some((gain * self.best() * self.min_rtt.as_secs_f64()) as u64 + share)
     }
 }
 
@@ -231,6 +241,8 @@ mod tests {
     use super::*;
 
     const RTT: Duration = Duration::from_millis(100);
+    const MTU: u16 = 1452;
+    const SHARE: f64 = (SHARE_PACKETS * MTU as u64) as f64;
 
     /// Acknowledgements at `rate` bytes/s for `rounds` round trips, in
     /// ten acks per round trip.
@@ -245,22 +257,25 @@ mod tests {
     fn the_cap_follows_the_delivery_rate_with_the_startup_gain_then_the_steady_one() {
         let mut now = Instant::now();
         let mut rate = DeliveryRate::new(now);
-        assert_eq!(rate.cap(), None);
+        assert_eq!(rate.cap(MTU), None);
         // Growing: doubling each round trip keeps startup on.
         for step in 0..5 {
             feed(&mut rate, &mut now, 1e6 * f64::from(1 << step), 1);
         }
         assert!(rate.startup);
-        let cap = rate.cap().unwrap() as f64;
+        let cap = rate.cap(MTU).unwrap() as f64;
         assert!(
-            (cap - STARTUP_GAIN * 16e6 * 0.1).abs() < 0.05 * cap,
+            (cap - STARTUP_GAIN * 16e6 * 0.1 - SHARE).abs() < 0.05 * cap,
             "{cap}"
         );
         // Flat at 25 MB/s (200 Mbit/s): startup ends, the cap is 1.5 BDP.
         feed(&mut rate, &mut now, 25e6, 5);
         assert!(!rate.startup);
-        let cap = rate.cap().unwrap() as f64;
-        assert!((cap - STEADY_GAIN * 25e6 * 0.1).abs() < 0.05 * cap, "{cap}");
+        let cap = rate.cap(MTU).unwrap() as f64;
+        assert!(
+            (cap - STEADY_GAIN * 25e6 * 0.1 - SHARE).abs() < 0.05 * cap,
+            "{cap}"
+        );
     }
 
     #[test]
@@ -268,11 +283,11 @@ mod tests {
         let mut now = Instant::now();
         let mut rate = DeliveryRate::new(now);
         feed(&mut rate, &mut now, 25e6, 10);
-        let high = rate.cap().unwrap();
+        let high = rate.cap(MTU).unwrap();
         feed(&mut rate, &mut now, 5e6, 3);
-        assert_eq!(rate.cap().unwrap(), high);
+        assert_eq!(rate.cap(MTU).unwrap(), high);
         feed(&mut rate, &mut now, 5e6, FILTER_ROUNDS + 2);
-        assert!(rate.cap().unwrap() < high / 4);
+        assert!(rate.cap(MTU).unwrap() < high / 3);
     }
 
     #[test]
@@ -280,12 +295,52 @@ mod tests {
         let mut now = Instant::now();
         let mut rate = DeliveryRate::new(now);
         feed(&mut rate, &mut now, 25e6, 10);
-        let high = rate.cap().unwrap();
+        let high = rate.cap(MTU).unwrap();
         // Application-limited trickle for many round trips.
         for _ in 0..200 {
             now += RTT / 10;
             rate.acked(now, 1000, true, RTT);
         }
-        assert_eq!(rate.cap().unwrap(), high);
+        assert_eq!(rate.cap(MTU).unwrap(), high);
+    }
+
+    /// Two flows through one bottleneck of 25 MB/s with a 100 ms least
+    /// round trip, in a fluid model: each keeps its capped window in
+    /// flight, and what exceeds the path's bandwidth-delay product waits
+    /// in the queue, which lengthens the round trip for both. They start
+    /// 4:1 and end near 1:1 (with caps proportional to each flow's own
+    /// rate alone, any split would stay as it started).
+    #[test]
+    fn two_flows_through_one_bottleneck_converge_to_equal_shares() {
+        const CAPACITY: f64 = 25e6;
+        let mut now = Instant::now();
+        let mut flows = [DeliveryRate::new(now), DeliveryRate::new(now)];
+        for _ in 0..10 {
+            now += RTT;
+            flows[0].acked(now, 2_000_000, false, RTT);
+            flows[1].acked(now, 500_000, false, RTT);
+        }
+        let rates = |flows: &[DeliveryRate; 2]| {
+            let windows = [0, 1].map(|i| flows[i].cap(MTU).unwrap() as f64);
+            let total: f64 = windows.iter().sum();
+            let rtt = RTT.as_secs_f64().max(total / CAPACITY);
+            (windows.map(|w| w / rtt), rtt)
+        };
+        let (start, _) = rates(&flows);
+        assert!(start[0] > 3.0 * start[1], "{start:?}");
+        for _ in 0..300 {
+            let (rate, rtt) = rates(&flows);
+            for _ in 0..10 {
+                now += Duration::from_secs_f64(rtt / 10.0);
+                for (flow, rate) in flows.iter_mut().zip(rate) {
+                    flow.acked(now, (rate * rtt / 10.0) as u64, false, RTT);
+                }
+            }
+        }
+        let (end, _) = rates(&flows);
+        let ratio = end[0] / end[1];
+        assert!((0.8..1.25).contains(&ratio), "{end:?}");
+        // And they fill the link between them.
+        assert!(end[0] + end[1] > 0.95 * CAPACITY, "{end:?}");
     }
 }

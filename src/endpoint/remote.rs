@@ -306,10 +306,15 @@ struct Setup {
 }
 
 impl Setup {
-    fn request(&mut self, body: Body) -> Result<Body, ProtocolError> {
+    /// Sends a request without waiting for its answer; its call number.
+    fn ask(&mut self, body: Body) -> Result<u64, ProtocolError> {
         self.calls += 1;
-        let call = self.calls;
         self.tell(body)?;
+        Ok(self.calls)
+    }
+
+    /// The answer to `call`, which must be the next to come.
+    fn answer(&mut self, call: u64) -> Result<Body, ProtocolError> {
         let (reply, _) = read_message(&mut self.reader)?;
         if reply.call != call {
             return Err(ProtocolError::Malformed(format!(
@@ -333,26 +338,13 @@ impl Setup {
         Ok(())
     }
 
-    /// The least of a few ping round trips on the ssh stream. The pings go
-    /// out one after the other without waiting and are answered in order,
-    /// each timed from its own sending: the count costs one round trip.
-    fn round_trip(&mut self) -> Result<Duration, EndpointError> {
-        let mut sent = Vec::with_capacity(PINGS);
-        for _ in 0..PINGS {
-            self.calls += 1;
-            self.tell(Body::Ping).map_err(setup_lost)?;
-            sent.push((self.calls, Instant::now()));
-        }
+    /// The least round trip of `pings`, sent one after the other without
+    /// waiting and answered in order, each timed from its own sending: the
+    /// count costs one round trip.
+    fn round_trip(&mut self, pings: Vec<(u64, Instant)>) -> Result<Duration, EndpointError> {
         let mut least = Duration::MAX;
-        for (call, started) in sent {
-            let (reply, _) = read_message(&mut self.reader).map_err(setup_lost)?;
-            if reply.call != call {
-                return Err(setup_lost(ProtocolError::Malformed(format!(
-                    "the far end answered call {} to call {call}",
-                    reply.call
-                ))));
-            }
-            match reply.body {
+        for (call, started) in pings {
+            match self.answer(call).map_err(setup_lost)? {
                 Body::Done => least = least.min(started.elapsed()),
                 other => return Err(unexpected(&other)),
             }
@@ -360,16 +352,17 @@ impl Setup {
         Ok(least)
     }
 
-    /// Asks the far end for a data channel and connects to it. `Ok(Err)`:
-    /// no channel, and why (the session goes on over ssh); `Err`: the ssh
-    /// stream itself failed.
+    /// Connects to the data channel the far end offered in answer to
+    /// `call` (an `OpenDataChannel`), and tells it whether that worked.
+    /// `Ok(Err)`: no channel, and why (the session goes on over ssh);
+    /// `Err`: the ssh stream itself failed.
     fn open_data_channel(
         &mut self,
+        call: u64,
         host: &str,
-        ports: Option<PortRange>,
         limit: Duration,
     ) -> Result<Result<Channel, String>, EndpointError> {
-        let offer = match self.request(Body::OpenDataChannel(ports)) {
+        let offer = match self.answer(call) {
             Ok(Body::DataChannelOffer(offer)) => offer,
             Ok(Body::Failed(why)) => return Ok(Err(format!("the far end cannot listen: {why}"))),
             Ok(other) => return Err(unexpected(&other)),
@@ -384,6 +377,16 @@ impl Setup {
         self.tell(Body::UseDataChannel(connected.is_ok()))
             .map_err(setup_lost)?;
         Ok(connected)
+    }
+
+    /// Turns down the data channel asked for with `call` (the far end
+    /// drops its listener); the session stays on ssh.
+    fn decline_data_channel(&mut self, call: u64) -> Result<(), EndpointError> {
+        match self.answer(call).map_err(setup_lost)? {
+            Body::DataChannelOffer(_) | Body::Failed(_) => {}
+            other => return Err(unexpected(&other)),
+        }
+        self.tell(Body::UseDataChannel(false)).map_err(setup_lost)
     }
 }
 
@@ -456,23 +459,39 @@ impl RemoteEndpoint {
             })?;
         let stdin: Box<dyn Write + Send> = Box::new(child.stdin.take().expect("piped"));
         let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped"));
-        let mut writer = BufWriter::with_capacity(BUFFER, stdin);
-        let mut reader = BufReader::with_capacity(BUFFER, stdout);
+        let mut setup = Setup {
+            writer: BufWriter::with_capacity(BUFFER, stdin),
+            reader: BufReader::with_capacity(BUFFER, stdout),
+            calls: 0,
+        };
 
         let hello = Body::Hello {
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         };
-        let sent = write_message(
-            &mut writer,
-            &Envelope {
-                call: 0,
-                body: hello,
-            },
-        )
-        .and_then(|_| writer.flush().map_err(ProtocolError::from));
-        let reply = sent.and_then(|()| read_message(&mut reader));
+        // Requests go out without waiting for the answers before them (the
+        // far end answers in order): with `quic` the data channel is asked
+        // for behind the hello, with `auto` behind the pings that decide
+        // whether it is used (it is turned down on a short link).
+        let asked = setup.tell(hello).and_then(|()| match options.transport {
+            Transport::Ssh => Ok(None),
+            Transport::Quic => setup
+                .ask(Body::OpenDataChannel(options.udp_ports))
+                .map(|call| Some((Vec::new(), call))),
+            Transport::Auto => {
+                let mut pings = Vec::with_capacity(PINGS);
+                for _ in 0..PINGS {
+                    pings.push((setup.ask(Body::Ping)?, Instant::now()));
+                }
+                let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
+                Ok(Some((pings, call)))
+            }
+        });
+        let (asked, reply) = match asked {
+            Ok(asked) => (asked, read_message(&mut setup.reader)),
+            Err(e) => (None, Err(e)),
+        };
         let far = match reply {
             Ok((
                 Envelope {
@@ -525,36 +544,33 @@ impl RemoteEndpoint {
             )));
         }
 
-        let mut setup = Setup {
-            writer,
-            reader,
-            calls: 0,
-        };
         let host = &spec.host;
         let mut warning = None;
-        let channel = match options.transport {
-            Transport::Ssh => None,
-            Transport::Quic => match setup.open_data_channel(host, options.udp_ports, QUIC_LIMIT) {
-                Ok(Ok(channel)) => Some(channel),
-                Ok(Err(why)) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let name = host_name(host);
-                    return Err(EndpointError::Root(format!(
+        let channel = match (options.transport, asked) {
+            (Transport::Ssh, _) | (_, None) => None,
+            (Transport::Quic, Some((_, call))) => {
+                match setup.open_data_channel(call, host, QUIC_LIMIT) {
+                    Ok(Ok(channel)) => Some(channel),
+                    Ok(Err(why)) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let name = host_name(host);
+                        return Err(EndpointError::Root(format!(
                             "no QUIC data channel to {name} ({why}); UDP must get through to {name}: allow it inbound there (on the ports you give with --udp-port), or use --transport ssh"
                         )));
+                    }
+                    Err(e) => {
+                        let _ = child.kill();
+                        return Err(e);
+                    }
                 }
-                Err(e) => {
-                    let _ = child.kill();
-                    return Err(e);
-                }
-            },
-            Transport::Auto => {
-                let rtt = setup.round_trip().inspect_err(|_| {
+            }
+            (Transport::Auto, Some((pings, call))) => {
+                let rtt = setup.round_trip(pings).inspect_err(|_| {
                     let _ = child.kill();
                 })?;
                 if rtt > AUTO_MIN_RTT {
-                    match setup.open_data_channel(host, options.udp_ports, AUTO_LIMIT) {
+                    match setup.open_data_channel(call, host, AUTO_LIMIT) {
                         Ok(Ok(channel)) => Some(channel),
                         Ok(Err(why)) => {
                             warning = Some(format!(
@@ -569,6 +585,9 @@ impl RemoteEndpoint {
                         }
                     }
                 } else {
+                    setup.decline_data_channel(call).inspect_err(|_| {
+                        let _ = child.kill();
+                    })?;
                     None
                 }
             }
