@@ -185,7 +185,7 @@ pub fn diff_stream(
                 if unchanged(&before, &after, options) {
                     continue;
                 }
-                if after.hash.is_none() && after.same_stat(&before) && !before.racy {
+                if after.hash.is_none() && after.same_content_stat(&before) && !before.racy {
                     // Only metadata changed: the content is the recorded one.
                     after.hash = before.hash;
                 }
@@ -568,6 +568,36 @@ mod tests {
                 .hash,
             Some([3; 32])
         );
+    }
+
+    #[test]
+    fn a_kept_row_is_reported_again_as_metadata_with_its_content_known() {
+        let snap = sorted(vec![
+            file("kept", 1, 3, Some(7)).kept(),
+            dir("kept-dir", 2).kept(),
+            file("edited", 3, 3, Some(8)).kept(),
+        ]);
+        let mut edited = file("edited", 3, 4, None);
+        edited.mtime.sec = 200;
+        let scan = scanned(vec![file("kept", 1, 3, None), dir("kept-dir", 2), edited]);
+        let set = diff_stream(snap, scan, &DiffOptions::default());
+        let kinds: Vec<(String, ChangeKind)> = set
+            .changes
+            .iter()
+            .map(|c| (c.path.to_string(), c.kind(Preserve::default())))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("edited".into(), ChangeKind::Modified),
+                ("kept".into(), ChangeKind::Metadata),
+                ("kept-dir".into(), ChangeKind::Metadata),
+            ]
+        );
+        // Same size and mtime: its content is the recorded one, not read
+        // again each run.
+        let kept = set.get(&RelPath::new(b"kept").unwrap()).unwrap();
+        assert_eq!(kept.after.as_ref().unwrap().hash, Some([7; 32]));
     }
 
     #[test]

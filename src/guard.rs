@@ -153,6 +153,25 @@ pub fn established(a: &SessionFacts, b: &SessionFacts) -> bool {
         && (!b.has_snapshot || b.established)
 }
 
+/// A session that never completed a run, whose snapshot one root holds
+/// while the other holds none: that root, then the other. What its
+/// snapshot records as synced came from a run that stopped midway, and the
+/// other root has lost it since (deleted with the tree, or with its
+/// `.snapsync/`), so comparing against it would take files the other root
+/// no longer holds as already there. The driver drops it and compares both
+/// trees in full, as `-x` does. (Once established, the same finding is the
+/// [`Refusal::SnapshotOnOneSide`] of [`check_roots`].)
+pub fn unfinished_on_one_side<'a>(a: Root<'a>, b: Root<'a>) -> Option<(Root<'a>, Root<'a>)> {
+    if established(a.facts, b.facts) {
+        return None;
+    }
+    match (a.facts.has_snapshot, b.facts.has_snapshot) {
+        (true, false) => Some((a, b)),
+        (false, true) => Some((b, a)),
+        _ => None,
+    }
+}
+
 /// The checks on both roots as they were found before the session opened
 /// on them: a root that is not a directory, a missing source, and, once
 /// the session is established, a missing root, another tree at a root's
@@ -505,6 +524,69 @@ mod tests {
                 false,
             ));
             assert_eq!(got, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_a_first_run_that_never_completed_alone_on_one_root() {
+        use RootState::{Dir, Missing};
+        use State::{IdOnly, None as NoState};
+        // (what, A, B, the root whose snapshot is dropped)
+        let cases: Vec<(&str, SessionFacts, SessionFacts, Option<&str>)> = vec![
+            (
+                "first run, both roots fresh",
+                facts(Dir, "a", NoState, ""),
+                facts(Dir, "b", NoState, ""),
+                None,
+            ),
+            (
+                "first pass stopped, the target deleted",
+                facts(Dir, "a", FRESH, ""),
+                facts(Missing, "b", NoState, ""),
+                Some("A"),
+            ),
+            (
+                "first pass stopped, the target's state removed",
+                facts(Dir, "a", FRESH, ""),
+                facts(Dir, "b", NoState, ""),
+                Some("A"),
+            ),
+            (
+                "first pass stopped, the source's database removed",
+                facts(Dir, "a", IdOnly, ""),
+                facts(Dir, "b", FRESH, ""),
+                Some("B"),
+            ),
+            (
+                "first pass stopped, both snapshots kept",
+                facts(Dir, "a", FRESH, ""),
+                facts(Dir, "b", FRESH, ""),
+                None,
+            ),
+            (
+                "established on one side only, both kept",
+                facts(Dir, "a", FRESH, ""),
+                facts(Dir, "b", EST, "a"),
+                None,
+            ),
+            (
+                "established, one root lost its state: refused instead",
+                facts(Dir, "a", EST, "b"),
+                facts(Dir, "b", NoState, ""),
+                None,
+            ),
+        ];
+        for (what, a, b, expected) in cases {
+            let root = |name, facts| Root {
+                name,
+                source_only: false,
+                facts,
+            };
+            let found = unfinished_on_one_side(root("A", &a), root("B", &b));
+            assert_eq!(found.map(|(lone, _)| lone.name), expected, "{what}");
+            if let Some((lone, other)) = found {
+                assert_ne!(lone.name, other.name, "{what}");
+            }
         }
     }
 

@@ -419,6 +419,35 @@ impl Entry {
             && self.dev == older.dev
     }
 
+    /// This entry as the target's row of a path a run left as it was
+    /// (`--no-delete`, `--newer`): as found, without its device and inode.
+    /// No file has device 0 and inode 0, so every scan reports the path
+    /// again and every run judges the kept difference again; and while
+    /// the path stays as it was kept, the scan reports it as a change of
+    /// metadata only, never as written since the run (see
+    /// [`Entry::is_kept`]).
+    pub fn kept(mut self) -> Entry {
+        self.dev = 0;
+        self.ino = 0;
+        self
+    }
+
+    /// A row written by [`Entry::kept`].
+    pub fn is_kept(&self) -> bool {
+        self.dev == 0 && self.ino == 0
+    }
+
+    /// True when this entry, by its stat alone, holds the content `older`
+    /// (the snapshot row) records: it is the same file, or the row is a
+    /// kept one (no identity to compare) of the same kind, size and mtime.
+    pub fn same_content_stat(&self, older: &Entry) -> bool {
+        self.same_stat(older)
+            || (older.is_kept()
+                && self.kind == older.kind
+                && self.size == older.size
+                && self.mtime == older.mtime)
+    }
+
     /// Compares two entries of the same path, possibly from different
     /// endpoints. Content is compared by hash when both are known, else by
     /// size and mtime (the quick check rsync uses).

@@ -419,15 +419,19 @@ pub fn plan_replica(input: &ReplicaInput, options: &ReplicaOptions) -> Plan {
                 items.push(item(Op::Record, false, source_update(&path), target_update));
             }
             Decision::Keep => {
-                // The target's row is dropped, so the kept difference shows
-                // as a target change next run and is judged again (a run
-                // without --newer / --no-delete then settles it).
-                let _ = have;
+                // The target's row records the path as kept, so the kept
+                // difference shows as a target change next run and is
+                // judged again (a run without --newer / --no-delete then
+                // settles it), yet as the session's own, not as drift.
+                let target_update = match have {
+                    Some(entry) => SnapshotUpdate::Upsert(entry.kept()),
+                    None => SnapshotUpdate::Remove(path.clone()),
+                };
                 items.push(item(
                     Op::Keep,
                     false,
                     source_update(&path),
-                    Some(SnapshotUpdate::Remove(path.clone())),
+                    Some(target_update),
                 ));
             }
             Decision::Delete(entry) if consumed.contains(&path) => {
@@ -842,6 +846,27 @@ mod tests {
         target: (ChangeSet, HashMap<RelPath, Entry>),
         options: ReplicaOptions,
     ) -> Vec<String> {
+        let plan = planned(source, target, options);
+        let mut lines: Vec<String> = plan
+            .items
+            .iter()
+            .filter(|i| !matches!(i.op, Op::Record))
+            .map(|i| {
+                i.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    fn planned(
+        source: (ChangeSet, HashMap<RelPath, Entry>),
+        target: (ChangeSet, HashMap<RelPath, Entry>),
+        options: ReplicaOptions,
+    ) -> Plan {
         let mut content: HashMap<Hash, Vec<RelPath>> = HashMap::new();
         for entry in target.1.values() {
             if let Some(hash) = entry.hash {
@@ -858,20 +883,7 @@ mod tests {
             source_links: &[],
             target_links: &[],
         };
-        let plan = plan_replica(&input, &options);
-        let mut lines: Vec<String> = plan
-            .items
-            .iter()
-            .filter(|i| !matches!(i.op, Op::Record))
-            .map(|i| {
-                i.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        lines.sort();
-        lines
+        plan_replica(&input, &options)
     }
 
     /// The names of each file with several in a side's tree now, as its
@@ -1071,6 +1083,58 @@ mod tests {
             },
         );
         assert_eq!(lines, vec!["keep a"]);
+    }
+
+    #[test]
+    fn a_kept_path_is_recorded_as_kept_and_judged_again_as_the_sessions_own() {
+        let base = vec![file("a", 1, 1), file("b", 2, 2)];
+        let no_delete = ReplicaOptions {
+            no_delete: true,
+            ..ReplicaOptions::default()
+        };
+        let first = planned(
+            side(base.clone(), vec![file("b", 2, 2)]),
+            side(base.clone(), base.clone()),
+            no_delete,
+        );
+        let kept = first
+            .items
+            .iter()
+            .find(|item| matches!(item.op, Op::Keep))
+            .expect("a is kept");
+        assert_eq!(kept.source_update, Some(SnapshotUpdate::Remove(p("a"))));
+        let Some(SnapshotUpdate::Upsert(row)) = &kept.target_update else {
+            panic!("the target records the kept path: {:?}", kept.target_update);
+        };
+        assert!(row.is_kept());
+        assert_eq!(row.clone(), file("a", 1, 1).kept());
+        // The next run: the target's scan reports the path again, as a
+        // change of metadata only while it stays as kept.
+        let target_rows = vec![row.clone(), file("b", 2, 2)];
+        let (target, now) = side(target_rows.clone(), base.clone());
+        let change = target.get(&p("a")).expect("reported again");
+        assert_eq!(
+            change.kind(Preserve::default()),
+            crate::changes::ChangeKind::Metadata
+        );
+        assert_eq!(change.after.as_ref().and_then(|e| e.hash), Some([1; 32]));
+        let source = || side(vec![file("b", 2, 2)], vec![file("b", 2, 2)]);
+        assert_eq!(
+            plan(source(), (target.clone(), now.clone()), no_delete),
+            vec!["keep a"]
+        );
+        assert_eq!(
+            plan(source(), (target, now), ReplicaOptions::default()),
+            vec!["delete a"]
+        );
+        // Written after it was kept: a change of content.
+        let mut edited = file("a", 9, 1);
+        edited.hash = None;
+        let (target, _) = side(target_rows, vec![edited, file("b", 2, 2)]);
+        assert_eq!(
+            target.get(&p("a")).unwrap().kind(Preserve::default()),
+            crate::changes::ChangeKind::Modified
+        );
     }
 
     #[test]

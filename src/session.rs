@@ -324,21 +324,34 @@ fn open_pair(
         )
     };
     let (local_name, remote_name) = root_names(local, remote);
-    guard::check_roots(
-        guard::Root {
-            name: &local_name,
-            source_only: local_role == Role::Source,
-            facts: &local_found,
-        },
-        guard::Root {
-            name: &remote_name,
-            source_only: remote_role == Role::Source,
-            facts: &remote_found,
-        },
-        options.reset,
-    )
-    .map_err(|refusal| refused(options, refusal))?;
-    let request = |role| request(role, false);
+    let local_root = guard::Root {
+        name: &local_name,
+        source_only: local_role == Role::Source,
+        facts: &local_found,
+    };
+    let remote_root = guard::Root {
+        name: &remote_name,
+        source_only: remote_role == Role::Source,
+        facts: &remote_found,
+    };
+    guard::check_roots(local_root, remote_root, options.reset)
+        .map_err(|refusal| refused(options, refusal))?;
+    // A first run stopped midway left a snapshot on one root, and the other
+    // has lost what it had since: that snapshot goes, as with -x (the real
+    // open sets it aside, put back if the run is refused before it starts).
+    let unfinished =
+        guard::unfinished_on_one_side(local_root, remote_root).filter(|_| !options.reset);
+    if let Some((lone, other)) = unfinished {
+        observer.warning(&format!(
+            "session `{}` never completed a run, and only the {} holds its snapshot (the {} has none: removed since?); that snapshot is set aside and both trees are compared in full, as with -x",
+            options.session, lone.name, other.name
+        ));
+    }
+    let reset = options.reset || unfinished.is_some();
+    let request = |role| SessionRequest {
+        reset,
+        ..request(role, false)
+    };
     // The source opens first: a missing source is the error to report.
     let (local_facts, remote_facts) = if options.direction == Direction::Pull {
         let remote_facts = remote.open_session(&request(remote_role))?;
@@ -640,8 +653,10 @@ fn merge_reports(reports: Vec<(Side, WatchReport)>, fallback: &mut dyn FnMut(&st
 }
 
 /// One pass of a push or pull whose session is open: scan (all, or only
-/// what `scope` names), plan, carry out, record. `guarded`: an emptied
-/// root stops it before anything changes.
+/// what `scope` names), plan, carry out, record. `guarded`: the snapshots
+/// are those of a completed run (established, and not `-x`): an emptied
+/// root stops it before anything changes, and target files that changed
+/// since are named as the plan replaces or deletes them.
 pub fn replica_cycle(
     local: &dyn Endpoint,
     remote: &dyn Endpoint,
@@ -716,8 +731,12 @@ pub fn replica_cycle(
         &options.replica,
     );
     observer.planned(&plan);
-    for warning in overwritten_drift(&plan, &target_set, options.diff.preserve) {
-        observer.warning(&warning);
+    // Drift is told against a snapshot of a completed run: a first run,
+    // or -x, has none to tell it by.
+    if guarded {
+        for warning in overwritten_drift(&plan, &target_set, options.diff.preserve) {
+            observer.warning(&warning);
+        }
     }
     let files_scanned = source_set.files_scanned + target_set.files_scanned;
     let (to_local, to_remote) = match options.direction {
@@ -952,7 +971,10 @@ fn record_pending<'a>(
 
 /// Files written on the target since this session's last run (by another
 /// session syncing into the same directory, or by hand) that the plan
-/// replaces or deletes: said out loud, never lost silently.
+/// replaces or deletes: said out loud, never lost silently. Asked only
+/// when the target's snapshot is that of a completed run; a path the last
+/// run kept (`--no-delete`, `--newer`) is, while it stays as kept, a
+/// change of metadata only (see [`Entry::kept`]).
 fn overwritten_drift(plan: &Plan, target: &ChangeSet, preserve: Preserve) -> Vec<String> {
     plan.items
         .iter()

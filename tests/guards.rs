@@ -608,20 +608,6 @@ fn a_first_run_is_not_blocked() {
     }
 }
 
-/// Makes the session look as a first pass killed before its end leaves
-/// it: snapshot rows for what was done, but not established (the flag a
-/// complete run sets last).
-fn unestablish(root: &Path) {
-    for item in fs::read_dir(root.join(".snapsync")).unwrap() {
-        let path = item.unwrap().path();
-        if path.extension() == Some("db".as_ref()) {
-            let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute("DELETE FROM meta WHERE key = 'established'", [])
-                .unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_session_whose_first_pass_never_completed_is_not_blocked() {
     for verb in VERBS {
@@ -640,6 +626,216 @@ fn a_session_whose_first_pass_never_completed_is_not_blocked() {
             assert_refused(&pair.run(&[]), &case, &["is empty"]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// A first run stopped midway, then a root that lost what it had
+
+/// Files the interrupted first runs start with: small, and sent slowly
+/// (`--bwlimit`), so that a run is stopped with part of them across.
+const FIRST_RUN_FILES: usize = 1200;
+
+impl Pair {
+    /// Where data goes (bidi: the remote root).
+    fn target(&self) -> &Path {
+        match self.verb {
+            "pull" => &self.local,
+            _ => &self.remote,
+        }
+    }
+
+    /// Starts the session's first run on a source of
+    /// [`FIRST_RUN_FILES`] files, lets part of them arrive and stops it
+    /// with `signal` (SIGINT: the run saves what it did and exits 130;
+    /// SIGKILL: what its last batch of rows recorded stays). The source's
+    /// snapshot then records files as synced, and the session is not
+    /// established.
+    fn interrupt_first_run(&self, signal: i32) {
+        let case = format!("{} {:?}", self.verb, self.reach);
+        generate_tree(self.source(), 0xF125, FIRST_RUN_FILES, 1024, 3 * 1024);
+        let mut child = self
+            .command(&["--bwlimit", "1M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        // Past the first batch of rows (written every 0.5 s), so that a
+        // kill -9 leaves some too.
+        while child.try_wait().unwrap().is_none()
+            && (start.elapsed() < Duration::from_millis(1200)
+                || files_in(self.target()) < FIRST_RUN_FILES / 5)
+        {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{case}: the run made no progress"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        let arrived = files_in(self.target());
+        if signal == libc::SIGINT {
+            assert_eq!(
+                status.code(),
+                Some(130),
+                "{case}: {status}, {arrived} files arrived"
+            );
+        } else {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(signal), "{case}: {status}");
+        }
+        // (A pull from a far root may have all of them by then: the far
+        // end sends what it has started on, and the run still ends
+        // interrupted.)
+        assert!(arrived > 0, "{case}: stopped before any file arrived");
+        let rows = snapshot_rows(self.source());
+        assert!(rows > 0, "{case}: the source's snapshot recorded nothing");
+    }
+}
+
+/// Regular files below `root`, its state directory aside.
+fn files_in(root: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(items) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for item in items.flatten() {
+            let path = item.path();
+            if path == root.join(".snapsync") {
+                continue;
+            }
+            match item.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push(path),
+                Ok(kind) if kind.is_file() => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+/// The rows of the one session database in `root/.snapsync`.
+fn snapshot_rows(root: &Path) -> u64 {
+    let db = fs::read_dir(root.join(".snapsync"))
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .find(|path| path.extension() == Some("db".as_ref()))
+        .expect("a session database");
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// After the run that finishes the work, the session is established: a
+/// root that loses its state now is refused.
+#[track_caller]
+fn assert_established(pair: &Pair, case: &str) {
+    let out = pair.run(&["--json"]);
+    assert_code(&out, 0);
+    let s = summary(&out);
+    assert_eq!(
+        count(&s, "created") + count(&s, "updated"),
+        0,
+        "{case}: {s}"
+    );
+    unmount(pair.target());
+    assert_refused(&pair.run(&[]), case, &["no snapshot"]);
+}
+
+#[test]
+fn a_first_run_stopped_midway_then_its_target_deleted_sends_every_file() {
+    for verb in VERBS {
+        for reach in REACHES {
+            let pair = Pair::unsynced(verb, reach);
+            let case = format!("{verb} {reach:?}");
+            pair.interrupt_first_run(libc::SIGINT);
+            // The target, its state with it, is gone.
+            fs::remove_dir_all(pair.target()).unwrap();
+            let out = pair.run(&[]);
+            assert_code(&out, 0);
+            assert_eq!(files_in(pair.target()), FIRST_RUN_FILES, "{case}");
+            assert_same_tree(&pair.local, &pair.remote);
+            let err = stderr(&out);
+            assert!(
+                err.contains("never completed a run")
+                    && err.contains("compared in full, as with -x"),
+                "{case}: {err}"
+            );
+            assert_established(&pair, &case);
+        }
+    }
+}
+
+#[test]
+fn a_first_run_killed_midway_then_its_target_deleted_sends_every_file() {
+    // Between local roots, where settled rows are written as the files
+    // arrive (over the protocol the far end reports them at the end).
+    let pair = Pair::unsynced("push", Reach::Local);
+    pair.interrupt_first_run(libc::SIGKILL);
+    fs::remove_dir_all(pair.target()).unwrap();
+    let out = pair.run(&[]);
+    assert_code(&out, 0);
+    assert_same_tree(&pair.local, &pair.remote);
+    assert_established(&pair, "push Local");
+}
+
+#[test]
+fn a_first_run_stopped_midway_then_the_targets_state_removed_adopts_what_arrived() {
+    for verb in VERBS {
+        for reach in REACHES {
+            let pair = Pair::unsynced(verb, reach);
+            let case = format!("{verb} {reach:?}");
+            pair.interrupt_first_run(libc::SIGINT);
+            fs::remove_dir_all(pair.target().join(".snapsync")).unwrap();
+            let missing = bytes_missing(pair.source(), pair.target());
+            // A dry run says what a run would do, and changes nothing.
+            let before = pair.everything();
+            let dry = pair.run(&["-n"]);
+            assert_code(&dry, 0);
+            assert_unchanged(&before, &pair.everything(), &case);
+            assert!(stderr(&dry).contains("compared in full"), "{case}");
+            let out = pair.run(&["--json"]);
+            assert_code(&out, 0);
+            let err = stderr(&out);
+            assert!(err.contains("compared in full"), "{case}: {err}");
+            // The target's files are this session's own, not drift.
+            assert!(!err.contains("changed since"), "{case}: {err}");
+            let s = summary(&out);
+            let sent = count(&s, "bytes_sent") + count(&s, "bytes_received");
+            assert!(
+                sent <= missing,
+                "{case}: sent {sent} bytes, only {missing} were missing"
+            );
+            assert_same_tree(&pair.local, &pair.remote);
+            assert_established(&pair, &case);
+        }
+    }
+}
+
+/// The bytes of the files under `source` that `target` lacks.
+fn bytes_missing(source: &Path, target: &Path) -> u64 {
+    let mut missing = 0;
+    let mut stack = vec![source.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            if path == source.join(".snapsync") {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if !target.join(path.strip_prefix(source).unwrap()).exists() {
+                missing += meta.len();
+            }
+        }
+    }
+    missing
 }
 
 // ---------------------------------------------------------------------------

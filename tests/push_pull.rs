@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -332,6 +332,154 @@ fn no_delete_keeps_paths_deleted_on_the_source() {
     let s = push_json(&src, &dst, &[]);
     assert_eq!(count(&s, "deleted"), 3, "{s}");
     assert_same_tree(&src, &dst);
+}
+
+// ---------------------------------------------------------------------------
+// The drift warning: "X on the target changed since this session's last
+// run", given only when X differs from what this session's snapshot
+// recorded after a completed run.
+
+const DRIFT: &str = "changed since this session's last run";
+
+/// `snapsync push EXTRA SRC DST`, the target a local directory or, when
+/// `far`, reached through the protocol (the `--rsh` shim made in `tmp`).
+fn push_to(far: bool, tmp: &Path, src: &Path, dst: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("push").args(extra);
+    if far {
+        cmd.arg("--rsh")
+            .arg(rsh_shim(tmp))
+            .arg("--remote-command")
+            .arg(bin())
+            .arg(src)
+            .arg(format!("far.example:{}", dst.display()));
+    } else {
+        cmd.arg(src).arg(dst);
+    }
+    cmd.output().expect("run snapsync")
+}
+
+/// The paths the run named in drift warnings.
+#[track_caller]
+fn drift_named(out: &Output) -> Vec<String> {
+    assert_code(out, 0);
+    stderr(out)
+        .lines()
+        .filter_map(|line| line.split_once(" on the target "))
+        .filter(|(_, rest)| rest.starts_with(DRIFT))
+        .map(|(head, _)| head.rsplit(' ').next().unwrap_or(head).to_string())
+        .collect()
+}
+
+#[test]
+fn no_drift_warning_on_a_first_run_into_a_target_that_holds_files() {
+    for far in [false, true] {
+        let (tmp, src, dst) = dirs();
+        write(&src, "shared", b"the source's");
+        write(&dst, "shared", b"the target's own version");
+        write(&dst, "stray", b"only on the target");
+        let out = push_to(far, tmp.path(), &src, &dst, &[]);
+        assert_eq!(drift_named(&out), Vec::<String>::new(), "far {far}");
+        assert_same_tree(&src, &dst);
+        // Nor after a first run that stopped before its end: its snapshot
+        // is not that of a completed run.
+        let (tmp, src, dst) = dirs();
+        write(&src, "a", b"a");
+        assert_code(&push_to(far, tmp.path(), &src, &dst, &[]), 0);
+        unestablish(&src);
+        unestablish(&dst);
+        write(&dst, "a", b"written on the target");
+        write(&dst, "stray", b"only on the target");
+        let out = push_to(far, tmp.path(), &src, &dst, &[]);
+        assert_eq!(drift_named(&out), Vec::<String>::new(), "far {far}");
+        assert_same_tree(&src, &dst);
+    }
+}
+
+#[test]
+fn no_drift_warning_on_a_reset_run() {
+    for far in [false, true] {
+        let (tmp, src, dst) = dirs();
+        write(&src, "a", b"a");
+        assert_code(&push_to(far, tmp.path(), &src, &dst, &[]), 0);
+        write(&dst, "a", b"written on the target");
+        write(&dst, "stray", b"only on the target");
+        let out = push_to(far, tmp.path(), &src, &dst, &["-x"]);
+        assert_eq!(drift_named(&out), Vec::<String>::new(), "far {far}");
+        assert_same_tree(&src, &dst);
+    }
+}
+
+#[test]
+fn no_drift_warning_for_a_path_the_last_run_kept() {
+    for far in [false, true] {
+        let (tmp, src, dst) = dirs();
+        let push = |extra: &[&str]| push_to(far, tmp.path(), &src, &dst, extra);
+        write(&src, "gone", b"deleted on the source");
+        write(&src, "d/gone", b"and a directory of it");
+        write(&src, "newer", b"v1");
+        // A first run that keeps what only the target holds.
+        write(&dst, "stray", b"only on the target");
+        assert_code(&push(&["--no-delete"]), 0);
+        fs::remove_file(src.join("gone")).unwrap();
+        fs::remove_dir_all(src.join("d")).unwrap();
+        write(&src, "newer", b"v2 on the source");
+        set_mtime(&src, "newer", 1_500_000_000, 0);
+        write(&dst, "newer", b"v3 on the target, newer");
+        set_mtime(&dst, "newer", 1_600_000_000, 0);
+        assert_code(&push(&["--no-delete", "--newer"]), 0);
+        assert_eq!(read(&dst, "gone"), b"deleted on the source");
+        assert_eq!(read(&dst, "newer"), b"v3 on the target, newer");
+        // Kept again, nothing named...
+        let out = push(&["--no-delete", "--newer", "--json"]);
+        assert_eq!(drift_named(&out), Vec::<String>::new(), "far {far}");
+        assert_eq!(count(&summary(&out), "deleted"), 0, "far {far}");
+        // ...and a run without the flags settles each, naming none: the
+        // session kept them as they are.
+        let out = push(&["--json"]);
+        assert_eq!(drift_named(&out), Vec::<String>::new(), "far {far}");
+        let s = summary(&out);
+        assert_eq!(count(&s, "deleted"), 4, "far {far}: {s}");
+        assert_eq!(count(&s, "updated"), 1, "far {far}: {s}");
+        assert_same_tree(&src, &dst);
+    }
+}
+
+#[test]
+fn drift_warning_names_target_files_changed_since_the_last_run() {
+    for far in [false, true] {
+        let (tmp, src, dst) = dirs();
+        let push = |extra: &[&str]| push_to(far, tmp.path(), &src, &dst, extra);
+        write(&src, "edited", b"v1");
+        write(&src, "kept", b"kept by --no-delete");
+        write(&src, "same", b"left alone");
+        assert_code(&push(&[]), 0);
+        fs::remove_file(src.join("kept")).unwrap();
+        assert_code(&push(&["--no-delete"]), 0);
+        // Written on the target since: an edit, a new file, and the kept
+        // file edited after the run that kept it.
+        write(&dst, "edited", b"edited on the target");
+        write(&dst, "new", b"written on the target");
+        write(&dst, "kept", b"edited after it was kept");
+        let out = push(&[]);
+        let mut named = drift_named(&out);
+        named.sort();
+        assert_eq!(named, ["edited", "kept", "new"], "far {far}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("edited on the target {DRIFT} (another session or a local edit wrote it); replaced by the source's version")),
+            "far {far}: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "new on the target {DRIFT} (another session or a local edit wrote it); deleted"
+            )),
+            "far {far}: {err}"
+        );
+        assert_same_tree(&src, &dst);
+        // Once settled, nothing more to name.
+        assert_eq!(drift_named(&push(&[])), Vec::<String>::new(), "far {far}");
+    }
 }
 
 #[test]

@@ -341,6 +341,20 @@ pub fn conflicts(dir: &Path) -> Vec<(String, String, String)> {
     rows
 }
 
+/// Makes the session databases in `root/.snapsync` look as a first pass
+/// stopped before its end leaves them: snapshot rows for what was done,
+/// but not established (the flag a complete run sets last).
+pub fn unestablish(root: &Path) {
+    for item in fs::read_dir(root.join(".snapsync")).unwrap() {
+        let path = item.unwrap().path();
+        if path.extension() == Some("db".as_ref()) {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute("DELETE FROM meta WHERE key = 'established'", [])
+                .unwrap();
+        }
+    }
+}
+
 /// A `--rsh` program that drops the host and runs the rest here, noting
 /// its process id (that of the far end, which it becomes) in `PIDFILE`.
 pub fn rsh_shim(dir: &Path) -> PathBuf {
