@@ -472,21 +472,15 @@ impl RemoteEndpoint {
         };
         // Requests go out without waiting for the answers before them (the
         // far end answers in order): with `quic` the data channel is asked
-        // for behind the hello, with `auto` behind the pings that decide
-        // whether it is used (it is turned down on a short link).
+        // for behind the hello; with `auto` behind the pings that decide
+        // whether it is used (sent once the hello is answered, so that the
+        // far end's start is not timed with them; the channel is turned
+        // down on a short link).
         let asked = setup.tell(hello).and_then(|()| match options.transport {
-            Transport::Ssh => Ok(None),
             Transport::Quic => setup
                 .ask(Body::OpenDataChannel(options.udp_ports))
                 .map(|call| Some((Vec::new(), call))),
-            Transport::Auto => {
-                let mut pings = Vec::with_capacity(PINGS);
-                for _ in 0..PINGS {
-                    pings.push((setup.ask(Body::Ping)?, Instant::now()));
-                }
-                let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
-                Ok(Some((pings, call)))
-            }
+            Transport::Ssh | Transport::Auto => Ok(None),
         });
         let (asked, reply) = match asked {
             Ok(asked) => (asked, read_message(&mut setup.reader)),
@@ -544,6 +538,21 @@ impl RemoteEndpoint {
             )));
         }
 
+        let asked = match (options.transport, asked) {
+            (Transport::Auto, None) => {
+                let pinged = (0..PINGS)
+                    .map(|_| Ok((setup.ask(Body::Ping)?, Instant::now())))
+                    .collect::<Result<Vec<_>, ProtocolError>>()
+                    .and_then(|pings| {
+                        let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
+                        Ok(Some((pings, call)))
+                    });
+                pinged.map_err(setup_lost).inspect_err(|_| {
+                    let _ = child.kill();
+                })?
+            }
+            (_, asked) => asked,
+        };
         let host = &spec.host;
         let mut warning = None;
         let channel = match (options.transport, asked) {
