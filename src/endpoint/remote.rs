@@ -547,9 +547,15 @@ impl RemoteEndpoint {
                         let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
                         Ok(Some((pings, call)))
                     });
-                pinged.map_err(setup_lost).inspect_err(|_| {
-                    let _ = child.kill();
-                })?
+                match pinged {
+                    Ok(asked) => asked,
+                    Err(unsent) => {
+                        // A far end that went may have said why first.
+                        let why = read_message(&mut setup.reader).err().unwrap_or(unsent);
+                        let _ = child.kill();
+                        return Err(setup_lost(why));
+                    }
+                }
             }
             (_, asked) => asked,
         };
