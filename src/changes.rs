@@ -544,13 +544,8 @@ mod tests {
         modified.mtime.sec = 200;
         let scan = scanned(vec![file("new", 4, 3, None), modified, meta]);
         let set = diff_stream(snap, scan, &DiffOptions::default());
-        let kinds: Vec<(String, ChangeKind)> = set
-            .changes
-            .iter()
-            .map(|c| (c.path.to_string(), c.kind(Preserve::default())))
-            .collect();
         assert_eq!(
-            kinds,
+            kinds(&set),
             vec![
                 ("del".into(), ChangeKind::Deleted),
                 ("meta".into(), ChangeKind::Metadata),
@@ -570,6 +565,14 @@ mod tests {
         );
     }
 
+    /// Each change's path and kind.
+    fn kinds(set: &ChangeSet) -> Vec<(String, ChangeKind)> {
+        set.changes
+            .iter()
+            .map(|c| (c.path.to_string(), c.kind(Preserve::default())))
+            .collect()
+    }
+
     #[test]
     fn a_kept_row_is_reported_again_as_metadata_with_its_content_known() {
         let snap = sorted(vec![
@@ -581,13 +584,8 @@ mod tests {
         edited.mtime.sec = 200;
         let scan = scanned(vec![file("kept", 1, 3, None), dir("kept-dir", 2), edited]);
         let set = diff_stream(snap, scan, &DiffOptions::default());
-        let kinds: Vec<(String, ChangeKind)> = set
-            .changes
-            .iter()
-            .map(|c| (c.path.to_string(), c.kind(Preserve::default())))
-            .collect();
         assert_eq!(
-            kinds,
+            kinds(&set),
             vec![
                 ("edited".into(), ChangeKind::Modified),
                 ("kept".into(), ChangeKind::Metadata),

@@ -846,7 +846,11 @@ mod tests {
         target: (ChangeSet, HashMap<RelPath, Entry>),
         options: ReplicaOptions,
     ) -> Vec<String> {
-        let plan = planned(source, target, options);
+        plan_lines(&planned(source, target, options))
+    }
+
+    /// The plan's operations (records aside) as sorted one-line texts.
+    fn plan_lines(plan: &Plan) -> Vec<String> {
         let mut lines: Vec<String> = plan
             .items
             .iter()
@@ -937,19 +941,7 @@ mod tests {
             },
             ..ReplicaOptions::default()
         };
-        let mut lines: Vec<String> = plan_replica(&input, &options)
-            .items
-            .iter()
-            .filter(|i| !matches!(i.op, Op::Record))
-            .map(|i| {
-                i.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        lines.sort();
-        lines
+        plan_lines(&plan_replica(&input, &options))
     }
 
     #[test]
