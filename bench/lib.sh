@@ -101,6 +101,17 @@ select_snapsync() {
     SNAPSYNC=$(cd "$(dirname "$SNAPSYNC")" && pwd)/$(basename "$SNAPSYNC")
 }
 
+# What a push over ssh against rsync needs (sets RSYNC_BIN), and a snapsync
+# binary whose path can travel unquoted in a remote command line.
+prepare_ssh_comparison() {
+    need_common_tools
+    need_ssh_tools
+    need_pkg openssl openssl
+    RSYNC_BIN=$(command -v rsync)
+    select_snapsync
+    [[ "$SNAPSYNC" != *[[:space:]]* ]] || die "the snapsync path may not contain white space: $SNAPSYNC"
+}
+
 # Say what a build of the checkout contains (a read-only look, so the report says what was measured).
 describe_checkout() {
     local dirty

@@ -74,13 +74,7 @@ PATCH_SIZE=$((1 << 20))
 [[ "$BIG_BYTES" -ge $((PATCH_COUNT * PATCH_SIZE + PATCH_COUNT)) ]] ||
     die "BIG must be larger than $PATCH_COUNT MiB (the size of its change in scenario 5)"
 
-need_common_tools
-need_ssh_tools
-need_pkg openssl openssl
-RSYNC_BIN=$(command -v rsync)
-
-select_snapsync
-[[ "$SNAPSYNC" != *[[:space:]]* ]] || die "the snapsync path may not contain white space: $SNAPSYNC"
+prepare_ssh_comparison
 
 prepare_work
 # paths travel inside remote shell command lines below, unquoted

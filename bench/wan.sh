@@ -113,13 +113,7 @@ skip() { # why
 [[ $(id -u) -eq 0 ]] || skip "not root (the WAN test bed needs network namespaces and tun devices)"
 [[ -c /dev/net/tun ]] || skip "no /dev/net/tun"
 need_pkg ip iproute2
-need_common_tools
-need_ssh_tools
-need_pkg openssl openssl
-RSYNC_BIN=$(command -v rsync)
-
-select_snapsync
-[[ "$SNAPSYNC" != *[[:space:]]* ]] || die "the snapsync path may not contain white space: $SNAPSYNC"
+prepare_ssh_comparison
 
 # Use WAN_ROUTER, or build the example in the profile SNAPSYNC comes from.
 select_router() {

@@ -59,16 +59,14 @@ impl Sshd {
 
     /// Runs `snapsync VERB [--rsh ...] EXTRA LOCAL user@127.0.0.1:REMOTE`.
     fn snapsync(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> Output {
-        let mut cmd = Command::new(bin());
-        cmd.arg(verb)
-            .arg("--rsh")
-            .arg(self.rsh())
-            .arg("--remote-command")
-            .arg(bin())
-            .args(extra)
-            .arg(local)
-            .arg(self.remote(remote))
-            .env_remove("SNAPSYNC_LOG");
+        let cmd = sync_over_ssh(
+            Command::new(bin()),
+            verb,
+            &self.rsh(),
+            extra,
+            local,
+            &self.remote(remote),
+        );
         let out = run_bounded(cmd, RUN_TIMEOUT);
         if out.status.code() != Some(0) {
             eprintln!("sshd log:\n{}", self.log());

@@ -162,3 +162,26 @@ pub fn start_sshd(dir: &Path, config: impl Fn(u16) -> String) -> (std::process::
     }
     panic!("sshd found no free port in 5 tries");
 }
+
+/// `cmd` (this build's binary, or what runs it) given
+/// `VERB --rsh RSH --remote-command <this build> EXTRA LOCAL REMOTE`, with
+/// no session log redirected from the environment.
+pub fn sync_over_ssh(
+    mut cmd: Command,
+    verb: &str,
+    rsh: &str,
+    extra: &[&str],
+    local: &Path,
+    remote: &str,
+) -> Command {
+    cmd.arg(verb)
+        .arg("--rsh")
+        .arg(rsh)
+        .arg("--remote-command")
+        .arg(super::bin())
+        .args(extra)
+        .arg(local)
+        .arg(remote)
+        .env_remove("SNAPSYNC_LOG");
+    cmd
+}

@@ -339,16 +339,14 @@ impl WanBed {
     /// near namespace (the far end is this build's binary too), bounded in
     /// time; on failure prints the far sshd's log and the router's counters.
     pub fn snapsync(&self, verb: &str, local: &Path, remote: &Path, extra: &[&str]) -> Output {
-        let mut cmd = self.near(bin());
-        cmd.arg(verb)
-            .arg("--rsh")
-            .arg(self.rsh())
-            .arg("--remote-command")
-            .arg(bin())
-            .args(extra)
-            .arg(local)
-            .arg(self.remote(remote))
-            .env_remove("SNAPSYNC_LOG");
+        let cmd = super::sshd::sync_over_ssh(
+            self.near(bin()),
+            verb,
+            &self.rsh(),
+            extra,
+            local,
+            &self.remote(remote),
+        );
         let out = run_bounded(cmd, RUN_LIMIT);
         if out.status.code() != Some(0) {
             eprintln!("far sshd log:\n{}", self.sshd_log());
