@@ -97,6 +97,14 @@ pub fn paths_to_look_up(side: &ChangeSet, other: &ChangeSet) -> Vec<RelPath> {
         .collect()
 }
 
+/// A full scan (`full`) found nothing on this root: it has no entry to look
+/// up and no content to reuse (its snapshot's rows, if any, are deletions
+/// in its change set), so it need not be asked; a first copy to a far end
+/// so does not wait for two answers it knows.
+pub fn found_empty(set: &ChangeSet, full: bool) -> bool {
+    full && set.files_scanned == 0 && set.unreadable.is_empty()
+}
+
 /// Content hashes of the files the source created or changed: the target is
 /// asked where it already holds them. Files that moved along with a renamed
 /// directory are left out: the rename brings them.
@@ -942,6 +950,20 @@ mod tests {
             ..ReplicaOptions::default()
         };
         plan_lines(&plan_replica(&input, &options))
+    }
+
+    #[test]
+    fn only_a_full_scan_that_found_nothing_finds_a_root_empty() {
+        let (empty, _) = side(vec![file("gone", 3, 3)], vec![]);
+        let (holding, _) = side(vec![], vec![file("c", 1, 4)]);
+        assert!(found_empty(&empty, true));
+        assert!(!found_empty(&holding, true));
+        // A scan of dirty paths sees only those: the rest may hold content.
+        assert!(!found_empty(&empty, false));
+        // Rows below an unreadable directory stand as recorded.
+        let mut unreadable = empty.clone();
+        unreadable.unreadable.push((p("d"), "denied".into()));
+        assert!(!found_empty(&unreadable, true));
     }
 
     #[test]

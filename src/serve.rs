@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::data_channel::Listener;
 use crate::endpoint::wire::{write_whole, WireFileWriter};
-use crate::endpoint::{Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, ReportSink};
+use crate::endpoint::{
+    Done, Endpoint, FileJob, FileSink, FileWriter, LocalEndpoint, OpFailure, ReportSink,
+};
 use crate::protocol::{
     file_data_bytes, read_message, write_message, Body, Envelope, ProtocolError, CAPABILITIES,
 };
@@ -29,8 +31,8 @@ type Output = Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>;
 
 /// The buffers on the protocol's stream, each way.
 const BUFFER: usize = 256 * 1024;
-/// The peer says it has the channel only once the far end accepted its
-/// token; this is slack for the two to meet.
+/// The peer says it has the channel once it presented its token (over QUIC
+/// while this word goes over ssh); this is slack for the two to meet.
 const CLAIM_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn send(out: &Output, call: u64, body: Body, flush: bool) -> Result<(), ProtocolError> {
@@ -164,23 +166,41 @@ pub fn serve(
 
 fn serve_session(
     endpoint: &LocalEndpoint,
-    input: &mut dyn Read,
+    input: &mut BufReader<Box<dyn Read + Send>>,
     out: &Output,
 ) -> Result<(), ProtocolError> {
     let results = Arc::clone(out);
     let done: Done = Arc::new(move |id, result| {
         let _ = send(&results, 0, Body::FileResult { id, result }, false);
     });
-    let sink = endpoint.receive_files(done);
+    let sink = endpoint.receive_files(Arc::clone(&done));
     let mut incoming: HashMap<u64, Box<dyn FileWriter + '_>> = HashMap::new();
     let never = AtomicBool::new(false);
+    // The peer does not wait for `RecordPending`'s answer before it sends
+    // what the records announce: once they could not be written, nothing
+    // more is changed here (the peer learns why with its next answer).
+    let mut unrecorded: Option<String> = None;
     loop {
+        // Files' results go out unflushed, many to a write; before waiting
+        // for more input they go, so that the peer settles files as they
+        // arrive rather than all at the end of a stream.
+        if input.buffer().is_empty() {
+            out.lock().unwrap().flush()?;
+        }
         let (envelope, _) = match read_message(input) {
             Err(ProtocolError::Closed) => return Ok(()),
             other => other?,
         };
         let call = envelope.call;
         let failed = |e: crate::endpoint::EndpointError| Body::Failed(e.to_string());
+        if let Some(why) = &unrecorded {
+            if let Some(reply) = refuse_change(&envelope.body, why, &done) {
+                if let Some(reply) = reply {
+                    send(out, call, reply, true)?;
+                }
+                continue;
+            }
+        }
         let reply = match envelope.body {
             Body::Scan(options) => Some(endpoint.scan(&options).map_or_else(failed, Body::Scanned)),
             Body::ScanDirty {
@@ -232,11 +252,16 @@ fn serve_session(
                     .apply(&ops, parallel)
                     .map_or_else(failed, Body::Applied),
             ),
-            Body::RecordPending { pending, replace } => Some(
-                endpoint
-                    .record_pending(&pending, replace)
-                    .map_or_else(failed, |()| Body::Done),
-            ),
+            Body::RecordPending { pending, replace } => {
+                Some(match endpoint.record_pending(&pending, replace) {
+                    Ok(()) => Body::Done,
+                    Err(e) => {
+                        let why = e.to_string();
+                        unrecorded = Some(why.clone());
+                        Body::Failed(why)
+                    }
+                })
+            }
             Body::Commit(updates) => Some(
                 endpoint
                     .commit(&updates)
@@ -327,6 +352,31 @@ fn serve_session(
         if let Some(reply) = reply {
             send(out, call, reply, true)?;
         }
+    }
+}
+
+/// How a session whose pending records could not be written (`why`)
+/// answers a request that would change the root: `None` for any other
+/// (served as usual); `Some(None)` for a message without an answer (a file
+/// is reported failed through `report` instead).
+fn refuse_change(body: &Body, why: &str, report: &Done) -> Option<Option<Body>> {
+    let refusal =
+        format!("nothing is changed after the run's pending records could not be written: {why}");
+    match body {
+        Body::Apply { .. } | Body::Commit(_) | Body::RemoveSentFiles(_) => {
+            Some(Some(Body::Failed(refusal)))
+        }
+        Body::FileOpen(job) | Body::FileWhole { job, .. } => {
+            let failure = OpFailure {
+                path: job.entry.path.clone(),
+                message: refusal,
+                stale: false,
+                warning_only: false,
+            };
+            report(job.id, Err(failure));
+            Some(None)
+        }
+        _ => None,
     }
 }
 

@@ -23,8 +23,8 @@ use crate::lineage::{self, Edge};
 use crate::model::{Entry, Hash, Kind, Preserve, RelPath};
 use crate::plan::{Item, Op, Phase, Plan, PlanCounts};
 use crate::reconcile::{
-    hashes_wanted, paths_to_look_up, plan_replica, target_paths_to_look_up, ReplicaInput,
-    ReplicaOptions,
+    found_empty, hashes_wanted, paths_to_look_up, plan_replica, target_paths_to_look_up,
+    ReplicaInput, ReplicaOptions,
 };
 use crate::state::{chrono_like_now, SnapshotUpdate};
 use crate::state::{ConflictRecord, Decision, SessionFacts};
@@ -701,14 +701,25 @@ pub fn replica_cycle(
     );
 
     let links = hard_links(source, target, &source_set, &target_set, options)?;
-    let mut source_asked = paths_to_look_up(&source_set, &target_set);
-    let mut target_asked = target_paths_to_look_up(&source_set, &target_set);
-    source_asked.extend(links.also_look_up(&source_set));
-    target_asked.extend(links.also_look_up(&target_set));
+    // A root found empty is not asked (a first copy waits for no answer).
+    let source_empty = found_empty(&source_set, source_scope.is_none());
+    let target_empty = found_empty(&target_set, target_scope.is_none());
+    let mut source_asked = Vec::new();
+    let mut target_asked = Vec::new();
+    let mut hashes = Vec::new();
+    if !source_empty {
+        source_asked = paths_to_look_up(&source_set, &target_set);
+        source_asked.extend(links.also_look_up(&source_set));
+    }
+    if !target_empty {
+        target_asked = target_paths_to_look_up(&source_set, &target_set);
+        target_asked.extend(links.also_look_up(&target_set));
+        hashes = hashes_wanted(&source_set);
+    }
     // Asked at once: with a far end, one round trip instead of three.
     let (source_now, target_now, content) = std::thread::scope(|threads| {
         let source_now = threads.spawn(|| source.lookup(&source_asked));
-        let content = threads.spawn(|| target.find_content(&hashes_wanted(&source_set)));
+        let content = threads.spawn(|| target.find_content(&hashes));
         let target_now = target.lookup(&target_asked);
         (
             joined(source_now.join()),
@@ -1109,7 +1120,7 @@ fn carry_out(
             }
         });
         run.execute(plan);
-        run.flush();
+        run.hand_over(true);
         // The writer ends once it has written what was sent to it.
         run.writer.lock().unwrap().take();
     });
@@ -1247,16 +1258,26 @@ pub fn bidi_cycle(
     fill_hashes(&mut local_set, &local_hashes);
     fill_hashes(&mut remote_set, &remote_hashes);
 
+    // A root found empty is not asked (a first copy waits for no answer).
+    let asked = |to: &ChangeSet, from: &ChangeSet, full: bool| {
+        if found_empty(to, full) {
+            (Vec::new(), Vec::new())
+        } else {
+            (target_paths_to_look_up(from, to), hashes_wanted(from))
+        }
+    };
+    let (remote_paths, remote_wanted) = asked(&remote_set, &local_set, scope.remote().is_none());
+    let (local_paths, local_wanted) = asked(&local_set, &remote_set, scope.local().is_none());
     // The far end is asked both at once: one round trip instead of two.
     let ((local_now, local_content), (remote_now, remote_content)) =
         std::thread::scope(|threads| {
             let remote_asked = threads.spawn(|| {
-                let content = threads.spawn(|| remote.find_content(&hashes_wanted(&local_set)));
-                let now = remote.lookup(&target_paths_to_look_up(&local_set, &remote_set));
+                let content = threads.spawn(|| remote.find_content(&remote_wanted));
+                let now = remote.lookup(&remote_paths);
                 (now, joined(content.join()))
             });
-            let local_now = local.lookup(&target_paths_to_look_up(&remote_set, &local_set));
-            let local_content = local.find_content(&hashes_wanted(&remote_set));
+            let local_now = local.lookup(&local_paths);
+            let local_content = local.find_content(&local_wanted);
             let remote_asked = remote_asked
                 .join()
                 .unwrap_or_else(|_| (Err(lookup_stopped()), Err(lookup_stopped())));
@@ -2042,9 +2063,23 @@ impl Run<'_> {
     /// so a run killed at any point leaves every file on one side at least,
     /// and recorded there.
     ///
-    /// The batch goes to the writer thread (waiting while it still writes
-    /// the one before the last), or is written here when there is none.
+    /// The batch goes to the writer thread, or is written here when there
+    /// is none. While the writer still writes one batch and another
+    /// waits, the rows stay pending and go with the next: a far end's
+    /// round trip per commit then never falls behind the files settling
+    /// (its answers wait behind the data in flight), and the rows that
+    /// settle last go in one commit, not one per [`BATCH_ROWS`].
     fn flush(&self) {
+        self.hand_over(false);
+    }
+
+    /// [`Run::flush`]; with `wait`, even while the writer is busy (the
+    /// run's last rows).
+    fn hand_over(&self, wait: bool) {
+        let writer = self.writer.lock().unwrap().clone();
+        if !wait && writer.as_ref().is_some_and(|w| w.is_full()) {
+            return;
+        }
         let batch = {
             let mut pending = self.pending.lock().unwrap();
             pending.since = None;
@@ -2055,7 +2090,6 @@ impl Run<'_> {
                 to_verify: std::mem::take(&mut pending.to_verify),
             }
         };
-        let writer = self.writer.lock().unwrap().clone();
         match writer {
             Some(writer) => {
                 if let Err(unsent) = writer.send(batch) {

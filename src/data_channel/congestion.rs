@@ -80,8 +80,14 @@ impl Controller for Capped {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
+        let held_back = held_back(
+            self.bbr.window(),
+            self.rate.cap(self.mtu),
+            self.rate.startup,
+        );
         self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
-        self.rate.acked(now, bytes, app_limited, rtt.min());
+        self.rate
+            .acked(now, bytes, app_limited || held_back, rtt.min());
     }
 
     fn on_end_acks(
@@ -102,6 +108,21 @@ impl Controller for Capped {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
+        // quinn's BBR leaves startup at the first round without growth
+        // while it recovers from a loss: on a path that drops packets at
+        // random it is recovering all the time, leaves startup after a
+        // round or two at a fraction of the path's rate, and then creeps
+        // up a probe every few round trips (on the WAN bed at 0.5 % loss,
+        // most of a second to reach the link's rate). So startup is this
+        // controller's own (see `window`): while the delivery rate still
+        // grows, a loss says nothing of a full path and BBR does not hear
+        // of it; quinn resends what was lost all the same. Persistent
+        // congestion ends startup, and BBR hears of it.
+        if is_persistent_congestion {
+            self.rate.startup = false;
+        } else if self.rate.startup {
+            return;
+        }
         self.bbr
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
     }
@@ -116,6 +137,9 @@ impl Controller for Capped {
         // out before the rate is known, from a sender mostly idle.
         let floor = (MIN_PACKETS * u64::from(self.mtu)).max(self.bbr.initial_window());
         match self.rate.cap(self.mtu) {
+            // Startup: the cap itself, which grows with the delivery rate
+            // at the startup gain each round trip.
+            Some(cap) if self.rate.startup => cap.max(floor),
             Some(cap) => self.bbr.window().min(cap.max(floor)),
             None => self.bbr.window(),
         }
@@ -140,6 +164,19 @@ impl Controller for Capped {
     }
 }
 
+/// Whether BBR holds its window well below the cap (`bbr_window` under
+/// half of it), as it does while it probes the round trip (every ten
+/// seconds, for a round trip and 200 ms, at three quarters of its own
+/// estimate, which an idle spell may have left low) or recovers from
+/// heavy loss: what is delivered meanwhile is BBR's choice, not the
+/// path's, and a sample of it counts only if it raises the estimate, as one
+/// the application held back. Else a transfer's last requests, after a
+/// round-trip probe, would go out at a few percent of the path's rate. Not
+/// in startup, where the cap alone is the window.
+fn held_back(bbr_window: u64, cap: Option<u64>, startup: bool) -> bool {
+    !startup && cap.is_some_and(|cap| bbr_window < cap / 2)
+}
+
 /// The rate at which acknowledged bytes arrive: one sample per minimum
 /// round trip, the highest of the last [`FILTER_ROUNDS`] kept.
 #[derive(Debug, Clone)]
@@ -152,6 +189,9 @@ struct DeliveryRate {
     app_limited: bool,
     /// Finished samples: when each ended, and bytes per second.
     samples: VecDeque<(Instant, f64)>,
+    /// The current sample's rate so far, once it spans a quarter of its
+    /// length (0 before).
+    in_progress: f64,
     min_rtt: Duration,
     /// Still growing (startup), and the best rate startup has seen.
     startup: bool,
@@ -166,6 +206,7 @@ impl DeliveryRate {
             bytes: 0,
             app_limited: false,
             samples: VecDeque::new(),
+            in_progress: 0.0,
             min_rtt: Duration::ZERO,
             startup: true,
             startup_best: 0.0,
@@ -178,9 +219,14 @@ impl DeliveryRate {
         self.bytes += bytes;
         self.app_limited |= app_limited;
         let span = now.saturating_duration_since(self.start);
-        if span < min_rtt.max(MIN_SAMPLE) {
+        let length = min_rtt.max(MIN_SAMPLE);
+        if span < length {
+            if span >= length / 4 && !self.app_limited {
+                self.in_progress = self.bytes as f64 / span.as_secs_f64();
+            }
             return;
         }
+        self.in_progress = 0.0;
         let rate = self.bytes as f64 / span.as_secs_f64();
         let best = self.best();
         // A sample the application held back counts only when it raises
@@ -211,6 +257,19 @@ impl DeliveryRate {
         self.app_limited = false;
     }
 
+    /// What the cap is based on: the highest sample kept; in startup also
+    /// the sample in progress (as of the last acknowledgement), since a
+    /// rate that doubles each round trip has outgrown the last finished
+    /// sample before the next one ends (the cap would hold the window to
+    /// half of BBR's doubling, and the ramp would take twice as long).
+    fn estimate(&self) -> f64 {
+        if self.startup {
+            self.best().max(self.in_progress)
+        } else {
+            self.best()
+        }
+    }
+
     /// The highest sample kept, bytes per second.
     fn best(&self) -> f64 {
         self.samples
@@ -219,9 +278,9 @@ impl DeliveryRate {
             .fold(0.0, f64::max)
     }
 
-    /// The window cap in bytes, once there is a sample to base it on:
-    /// the gain times the rate times the least round trip, and
-    /// [`SHARE_PACKETS`] of `mtu` bytes on top.
+    /// The window cap in bytes, once there is a sample to base it on: the
+    /// gain times the rate [`estimate`](Self::estimate) times the least
+    /// round trip, and [`SHARE_PACKETS`] of `mtu` bytes on top.
     fn cap(&self, mtu: u16) -> Option<u64> {
         if self.samples.is_empty() || self.min_rtt.is_zero() {
             return None;
@@ -232,7 +291,7 @@ impl DeliveryRate {
             STEADY_GAIN
         };
         let share = SHARE_PACKETS * u64::from(mtu);
-        Some((gain * self.best() * self.min_rtt.as_secs_f64()) as u64 + share)
+        Some((gain * self.estimate() * self.min_rtt.as_secs_f64()) as u64 + share)
     }
 }
 
@@ -276,6 +335,49 @@ mod tests {
             (cap - STEADY_GAIN * 25e6 * 0.1 - SHARE).abs() < 0.05 * cap,
             "{cap}"
         );
+    }
+
+    #[test]
+    fn in_startup_the_cap_leaves_room_for_doubling_before_a_sample_ends() {
+        let mut now = Instant::now();
+        let mut rate = DeliveryRate::new(now);
+        for step in 0..4 {
+            feed(&mut rate, &mut now, 1e6 * f64::from(1 << step), 1);
+        }
+        // Nine tenths into the next round trip, at twice the last rate:
+        // BBR's window doubles to twice what that round trip carries.
+        let doubled = 16e6;
+        for _ in 0..9 {
+            now += RTT / 10;
+            rate.acked(now, (doubled / 100.0) as u64, false, RTT);
+        }
+        let needed = 2.0 * doubled * RTT.as_secs_f64();
+        let cap = rate.cap(MTU).unwrap() as f64;
+        assert!(cap >= needed, "cap {cap} < {needed}");
+        // Once startup is over, only finished samples count.
+        feed(&mut rate, &mut now, 25e6, 5);
+        assert!(!rate.startup);
+        // (A round trip's worth at once ends a sample: the next begins now.)
+        now += RTT;
+        rate.acked(now, (25e6 / 10.0) as u64, false, RTT);
+        let steady = rate.cap(MTU).unwrap();
+        for _ in 0..5 {
+            now += RTT / 10;
+            rate.acked(now, (50e6 / 100.0) as u64, false, RTT);
+        }
+        assert!(rate.in_progress > rate.best());
+        assert_eq!(rate.cap(MTU).unwrap(), steady);
+    }
+
+    #[test]
+    fn a_window_bbr_holds_far_below_the_cap_does_not_lower_the_estimate() {
+        assert!(held_back(71_419, Some(3_900_000), false));
+        assert!(!held_back(14_000_000, Some(3_900_000), false));
+        assert!(!held_back(3_000_000, Some(3_900_000), false));
+        assert!(!held_back(71_419, Some(3_900_000), true));
+        assert!(!held_back(71_419, None, false));
+        // Such samples are taken as the application's: see
+        // `an_idle_sender_keeps_its_estimate`.
     }
 
     #[test]

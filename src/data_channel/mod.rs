@@ -8,7 +8,10 @@
 //! accepting exactly the certificate with that fingerprint, opens one
 //! bidirectional stream and presents the token first; the far end compares
 //! it in constant time, closes any connection that presents another (error
-//! code [`REFUSED`]) and keeps waiting, and accepts one client only. Either
+//! code [`REFUSED`]) and keeps waiting, and accepts one client only. The
+//! near end does not wait for the far end's word on its token: it writes
+//! on at once, and its first read takes that word (a refusal reads as an
+//! error), which saves a round trip before the session's first request. Either
 //! end then holds a [`Channel`]: a blocking reader and writer over that
 //! stream, which the framed protocol uses as it uses ssh's stdin and stdout.
 //!
@@ -444,6 +447,7 @@ impl Listener {
                     recv,
                     self.endpoint.clone(),
                     Arc::clone(&self.runtime),
+                    Acceptance::Given,
                 ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -601,6 +605,7 @@ pub fn connect(
             recv,
             endpoint,
             Arc::clone(&runtime),
+            Acceptance::Awaited,
         )),
         Ok(Err(e)) => {
             endpoint.close(VarInt::from_u32(DONE), b"");
@@ -613,7 +618,8 @@ pub fn connect(
     }
 }
 
-/// One attempt: handshake, stream, token, and the far end's word.
+/// One attempt: handshake (which checks the certificate), stream, and the
+/// token; the far end's word on it is read with the first data.
 async fn present_token(
     endpoint: quinn::Endpoint,
     target: SocketAddr,
@@ -633,19 +639,18 @@ async fn present_token(
             }
             other => failed(&other),
         })?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&e))?;
+    let (mut send, recv) = connection.open_bi().await.map_err(|e| failed(&e))?;
     send.write_all(&token).await.map_err(|e| failed(&e))?;
-    let mut answer = [0u8; 1];
-    match recv.read_exact(&mut answer).await {
-        Ok(()) if answer[0] == ACCEPTED => Ok((connection, send, recv)),
-        Ok(()) => Err(failed(&"an unexpected answer to the token")),
-        Err(quinn::ReadExactError::ReadError(ReadError::ConnectionLost(
-            ConnectionError::ApplicationClosed(close),
-        ))) if close.error_code == VarInt::from_u32(REFUSED) => Err(DataChannelError::Refused(
-            String::from_utf8_lossy(&close.reason).into_owned(),
-        )),
-        Err(e) => Err(failed(&e)),
-    }
+    Ok((connection, send, recv))
+}
+
+/// Whether the far end's word on the token is still to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acceptance {
+    /// The far end's side, or a near end that has read it.
+    Given,
+    /// The near end's first read takes it.
+    Awaited,
 }
 
 /// An open data channel: one stream each way, until [`Channel::split`]
@@ -656,6 +661,7 @@ pub struct Channel {
     recv: RecvStream,
     endpoint: quinn::Endpoint,
     runtime: Arc<Runtime>,
+    acceptance: Acceptance,
 }
 
 impl Channel {
@@ -665,6 +671,7 @@ impl Channel {
         recv: RecvStream,
         endpoint: quinn::Endpoint,
         runtime: Arc<Runtime>,
+        acceptance: Acceptance,
     ) -> Channel {
         Channel {
             connection,
@@ -672,6 +679,7 @@ impl Channel {
             recv,
             endpoint,
             runtime,
+            acceptance,
         }
     }
 
@@ -686,6 +694,7 @@ impl Channel {
         let reader = ChannelReader {
             recv: self.recv,
             runtime: Arc::clone(&self.runtime),
+            acceptance: self.acceptance,
         };
         let writer = ChannelWriter {
             send: self.send,
@@ -703,14 +712,59 @@ impl Channel {
 
 /// Reads the stream, waiting on the channel's runtime. The end of the
 /// stream, or of the connection by either side's normal close, reads as
-/// the end of input.
+/// the end of input. The near end's first read takes the far end's word
+/// on the token first: a refusal is an error.
 pub struct ChannelReader {
     recv: RecvStream,
     runtime: Arc<Runtime>,
+    acceptance: Acceptance,
+}
+
+impl ChannelReader {
+    fn take_acceptance(&mut self) -> io::Result<()> {
+        let mut answer = [0u8; 1];
+        match self.runtime.wait(self.recv.read_exact(&mut answer)) {
+            Ok(()) if answer[0] == ACCEPTED => {
+                self.acceptance = Acceptance::Given;
+                Ok(())
+            }
+            Ok(()) => Err(io::Error::other(
+                "the far end answered the token with something else; is it the same snapsync version?",
+            )),
+            Err(quinn::ReadExactError::ReadError(ReadError::ConnectionLost(
+                ConnectionError::ApplicationClosed(close),
+            ))) if close.error_code == VarInt::from_u32(REFUSED) => {
+                Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the far end refused this client on the data channel: {}",
+                        String::from_utf8_lossy(&close.reason)
+                    ),
+                ))
+            }
+            // Closed before a word: the end of input, as for any read.
+            Err(quinn::ReadExactError::FinishedEarly(_)) => {
+                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            }
+            Err(quinn::ReadExactError::ReadError(ReadError::ConnectionLost(e)))
+                if closed_normally(&e) =>
+            {
+                Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            }
+            Err(quinn::ReadExactError::ReadError(e)) => Err(io::Error::other(e)),
+        }
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.acceptance == Acceptance::Awaited {
+            match self.take_acceptance() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
         match self.runtime.wait(self.recv.read(buf)) {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Ok(0),
@@ -888,13 +942,18 @@ mod tests {
             echo_once(listener.accepted(Duration::from_secs(20)).unwrap())
         });
 
+        // The near end writes on without waiting: the refusal is its
+        // first read.
         let mut wrong_token = offer.clone();
         wrong_token.token = vec![7u8; TOKEN_LEN];
-        match connect(&localhost(offer.port), &wrong_token, Duration::from_secs(5)) {
-            Err(DataChannelError::Refused(why)) => assert!(why.contains("token"), "{why}"),
-            Err(other) => panic!("not refused: {other}"),
-            Ok(_) => panic!("a wrong token got a channel"),
-        }
+        let channel = connect(&localhost(offer.port), &wrong_token, Duration::from_secs(5))
+            .expect("the handshake itself succeeds");
+        let (mut reader, _writer, _guard) = channel.split();
+        let refused = reader
+            .read(&mut [0u8; 5])
+            .expect_err("a wrong token got a channel");
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied, "{refused}");
+        assert!(refused.to_string().contains("token"), "{refused}");
 
         let mut wrong_cert = offer.clone();
         wrong_cert.fingerprint = vec![0u8; FINGERPRINT_LEN];

@@ -121,12 +121,24 @@ struct Connection {
     writer: Mutex<Option<BufWriter<Box<dyn Write + Send>>>>,
     next_call: AtomicU64,
     calls: Mutex<HashMap<u64, CallSender>>,
+    /// Requests sent without waiting ([`Connection::call_later`]): each
+    /// call's answer settles them, as the far end answers in order.
+    deferred: Mutex<Vec<(u64, Receiver<Body>)>>,
     results: Receiver<(u64, Result<Applied, OpFailure>)>,
     /// Why the connection ended, once it has.
     ended: Mutex<Option<String>>,
     bytes_out: AtomicU64,
     bytes_in: Arc<AtomicU64>,
     host: String,
+}
+
+macro_rules! expect_reply {
+    ($reply:expr, $pattern:pat => $value:expr) => {
+        match $reply {
+            $pattern => Ok($value),
+            other => Err(unexpected(&other)),
+        }
+    };
 }
 
 impl Connection {
@@ -199,7 +211,16 @@ impl Connection {
 
     fn call(&self, body: Body) -> Result<Body, EndpointError> {
         let (id, rx) = self.start_call(body)?;
-        let reply = self.next(&rx);
+        let reply = self.answer(id, &rx);
+        // What was sent before without waiting is answered by now, and
+        // its failure is the first to report.
+        self.settle()?;
+        reply
+    }
+
+    /// The answer to call `id`: a failure the far end reports is an error.
+    fn answer(&self, id: u64, rx: &Receiver<Body>) -> Result<Body, EndpointError> {
+        let reply = self.next(rx);
         self.calls.lock().unwrap().remove(&id);
         match reply {
             Ok(Body::Failed(message)) => {
@@ -208,6 +229,31 @@ impl Connection {
             Ok(body) => Ok(body),
             Err(_) => Err(self.lost()),
         }
+    }
+
+    /// Sends a request answered with `Done` without waiting for it: a
+    /// round trip saved where nothing that follows depends on its answer
+    /// (the far end, which answers in order, has acted on it before the
+    /// next request). The next call's answer settles it.
+    fn call_later(&self, body: Body) -> Result<(), EndpointError> {
+        let (id, rx) = self.start_call(body)?;
+        self.deferred.lock().unwrap().push((id, rx));
+        Ok(())
+    }
+
+    /// Waits for the answers to the requests sent without waiting.
+    fn settle(&self) -> Result<(), EndpointError> {
+        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap());
+        let mut first_error = None;
+        for (id, rx) in deferred {
+            let settled = self
+                .answer(id, &rx)
+                .and_then(|reply| expect_reply!(reply, Body::Done => ()));
+            if let Err(e) = settled {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -652,6 +698,7 @@ impl RemoteEndpoint {
             writer: Mutex::new(Some(writer)),
             next_call: AtomicU64::new(calls + 1),
             calls: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(Vec::new()),
             results: results_rx,
             ended: Mutex::new(None),
             bytes_out: AtomicU64::new(0),
@@ -742,15 +789,6 @@ impl Drop for RemoteEndpoint {
             }
         }
     }
-}
-
-macro_rules! expect_reply {
-    ($reply:expr, $pattern:pat => $value:expr) => {
-        match $reply {
-            $pattern => Ok($value),
-            other => Err(unexpected(&other)),
-        }
-    };
 }
 
 impl Endpoint for RemoteEndpoint {
@@ -890,9 +928,9 @@ impl Endpoint for RemoteEndpoint {
         expect_reply!(reply, Body::DecisionList(list) => list)
     }
 
+    /// Not waited for: the scan asked next settles it.
     fn record_lineage(&self, edges: &[crate::lineage::Edge]) -> Result<(), EndpointError> {
-        let reply = self.conn.call(Body::RecordLineage(edges.to_vec()))?;
-        expect_reply!(reply, Body::Done => ())
+        self.conn.call_later(Body::RecordLineage(edges.to_vec()))
     }
 
     fn hash_files(&self, paths: &[RelPath]) -> Result<HashMap<RelPath, Hash>, EndpointError> {
@@ -1033,11 +1071,13 @@ impl Endpoint for RemoteEndpoint {
         if pending.is_empty() && !replace {
             return Ok(());
         }
-        let reply = self.conn.call(Body::RecordPending {
+        // Not waited for: files and operations follow at once. The far end
+        // changes nothing after failing to record (it refuses every change
+        // that follows), and the next call reports why.
+        self.conn.call_later(Body::RecordPending {
             pending: pending.to_vec(),
             replace,
-        })?;
-        expect_reply!(reply, Body::Done => ())
+        })
     }
 
     fn remove_sent_files(
