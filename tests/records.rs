@@ -506,3 +506,166 @@ fn logs_record_runs_errors_and_conflicts_and_rotate_by_size() {
         + &fs::read_to_string(dir.join("a.log.1")).unwrap();
     assert!(newest.contains("synced file many/f"), "{newest}");
 }
+
+/// Makes files immutable for as long as it lives (`chattr +i`), so that
+/// even root cannot write them; undone on drop, panic or not.
+struct Immutable(Vec<PathBuf>);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            chattr("-i", path);
+        }
+    }
+}
+
+/// A peer sends `RecordPending` and, without waiting for its answer, what
+/// the records announce. A far end that could not write the records
+/// changes nothing after: the operations and the file are refused with
+/// the reason, and neither appears on disk.
+#[test]
+fn a_far_end_that_cannot_record_pending_rows_changes_nothing_after() {
+    use snapsync::endpoint::{FileJob, Role, SessionRequest, SourceEnd};
+    use snapsync::model::{Entry, Kind, Preserve, RelPath};
+    use snapsync::plan::Op;
+    use snapsync::protocol::{read_message, write_message, Body, Envelope};
+    use snapsync::state::{Pending, PlannedOp};
+    use std::io::{BufReader, BufWriter, Write};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("far");
+    fs::create_dir_all(&far).unwrap();
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = BufWriter::new(child.stdin.take().unwrap());
+    let mut from = BufReader::new(child.stdout.take().unwrap());
+    let mut call = 0;
+    let mut send = |body: Body| {
+        call += 1;
+        write_message(&mut to, &Envelope { call, body }).unwrap();
+        to.flush().unwrap();
+    };
+    let mut receive = || read_message(&mut from).unwrap().0.body;
+
+    send(Body::Hello {
+        protocol: snapsync::PROTOCOL_VERSION,
+        version: "test".into(),
+        capabilities: Vec::new(),
+    });
+    assert!(matches!(receive(), Body::Hello { .. }));
+    let request = SessionRequest {
+        session: "pending-test".into(),
+        direction: "push".into(),
+        role: Role::Target,
+        reset: false,
+        dry_run: false,
+        log_max: snapsync::log::DEFAULT_MAX,
+        log_verbose: false,
+        backup_dir: None,
+        remove_source_files: false,
+        bwlimit: None,
+        probe: false,
+        count_rows: false,
+    };
+    send(Body::Open {
+        root: far.to_str().unwrap().as_bytes().to_vec(),
+        request,
+        preserve: Preserve::default(),
+    });
+    assert!(matches!(receive(), Body::Opened { .. }), "not opened");
+
+    // The session's database, and its write-ahead log, cannot be written.
+    let state = far.join(".snapsync");
+    let held: Vec<PathBuf> = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pending-test.db"))
+        })
+        .collect();
+    let mut immutable = Immutable(Vec::new());
+    for path in &held {
+        if !chattr("+i", path) {
+            eprintln!("SKIPPED: chattr +i does not work on this filesystem");
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        immutable.0.push(path.clone());
+    }
+    assert!(
+        !immutable.0.is_empty(),
+        "no database in {}",
+        state.display()
+    );
+
+    let path = |p: &str| RelPath::new(p.as_bytes()).unwrap();
+    let mut file = Entry::bare(path("new.txt"), Kind::File);
+    file.size = 5;
+    send(Body::RecordPending {
+        pending: vec![Pending {
+            path: path("new.txt"),
+            op: PlannedOp::Create,
+            kind: Some(Kind::File),
+            size: 5,
+        }],
+        replace: true,
+    });
+    send(Body::Apply {
+        ops: vec![(
+            Op::Mkdir {
+                entry: Entry::bare(path("newdir"), Kind::Dir),
+            },
+            None,
+        )],
+        parallel: false,
+    });
+    send(Body::FileWhole {
+        job: FileJob {
+            id: 7,
+            entry: file,
+            basis: None,
+        },
+        data: b"hello".to_vec(),
+        compressed: false,
+        end: SourceEnd::Complete {
+            hash: *blake3::hash(b"hello").as_bytes(),
+            xattrs: None,
+        },
+    });
+    send(Body::SinkWait);
+
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        answers.push(receive());
+    }
+    drop(immutable);
+    let refusal = "nothing is changed after the run's pending records could not be written";
+    match &answers[0] {
+        Body::Failed(why) => assert!(!why.contains(refusal), "{why}"),
+        other => panic!("recording pending rows did not fail: {other:?}"),
+    }
+    match &answers[1] {
+        Body::Failed(why) => assert!(why.contains(refusal), "{why}"),
+        other => panic!("the operations were not refused: {other:?}"),
+    }
+    match &answers[2] {
+        Body::FileResult {
+            id: 7,
+            result: Err(failure),
+        } => {
+            assert!(failure.message.contains(refusal), "{}", failure.message)
+        }
+        other => panic!("the file was not refused: {other:?}"),
+    }
+    assert!(matches!(answers[3], Body::Done), "{:?}", answers[3]);
+    assert!(!far.join("newdir").exists(), "a directory was made");
+    assert!(!far.join("new.txt").exists(), "a file was written");
+    drop(to);
+    let _ = child.wait();
+}

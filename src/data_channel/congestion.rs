@@ -55,6 +55,7 @@ impl ControllerFactory for CappedBbrConfig {
             bbr: Box::new(Bbr::new(Arc::clone(&self.bbr), current_mtu)),
             mtu: current_mtu,
             rate: DeliveryRate::new(now),
+            yielding: false,
         })
     }
 }
@@ -65,6 +66,9 @@ pub struct Capped {
     bbr: Box<Bbr>,
     mtu: u16,
     rate: DeliveryRate,
+    /// Since persistent congestion, until BBR's window is back above half
+    /// the cap: BBR's window counts even while it holds back.
+    yielding: bool,
 }
 
 impl Controller for Capped {
@@ -85,6 +89,7 @@ impl Controller for Capped {
             self.rate.cap(self.mtu),
             self.rate.startup,
         );
+        self.yielding &= held_back;
         self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
         self.rate
             .acked(now, bytes, app_limited || held_back, rtt.min());
@@ -120,6 +125,7 @@ impl Controller for Capped {
         // congestion ends startup, and BBR hears of it.
         if is_persistent_congestion {
             self.rate.startup = false;
+            self.yielding = true;
         } else if self.rate.startup {
             return;
         }
@@ -140,6 +146,12 @@ impl Controller for Capped {
             // Startup: the cap itself, which grows with the delivery rate
             // at the startup gain each round trip.
             Some(cap) if self.rate.startup => cap.max(floor),
+            // BBR holding back (probing the round trip, or recovering with
+            // little in flight after an idle spell): the cap, unless the
+            // path was lost for a while.
+            Some(cap) if held_back(self.bbr.window(), Some(cap), false) && !self.yielding => {
+                cap.max(floor)
+            }
             Some(cap) => self.bbr.window().min(cap.max(floor)),
             None => self.bbr.window(),
         }
@@ -167,12 +179,16 @@ impl Controller for Capped {
 /// Whether BBR holds its window well below the cap (`bbr_window` under
 /// half of it), as it does while it probes the round trip (every ten
 /// seconds, for a round trip and 200 ms, at three quarters of its own
-/// estimate, which an idle spell may have left low) or recovers from
-/// heavy loss: what is delivered meanwhile is BBR's choice, not the
-/// path's, and a sample of it counts only if it raises the estimate, as one
-/// the application held back. Else a transfer's last requests, after a
-/// round-trip probe, would go out at a few percent of the path's rate. Not
-/// in startup, where the cap alone is the window.
+/// estimate, which an idle spell may have left low), while it recovers
+/// from a loss with little in flight (its window is then what was in
+/// flight, and on a randomly lossy path it is always recovering: after an
+/// idle spell, a few packets), and after persistent congestion. What is
+/// delivered meanwhile is BBR's choice, not the path's: a sample of it
+/// counts only if it raises the estimate, as one the application held
+/// back, and the window is the cap (but after persistent congestion).
+/// Else a transfer's last requests (the final commits, after the data)
+/// went out a few packets a round trip. Not in startup, where the cap
+/// alone is the window.
 fn held_back(bbr_window: u64, cap: Option<u64>, startup: bool) -> bool {
     !startup && cap.is_some_and(|cap| bbr_window < cap / 2)
 }
@@ -378,6 +394,26 @@ mod tests {
         assert!(!held_back(71_419, None, false));
         // Such samples are taken as the application's: see
         // `an_idle_sender_keeps_its_estimate`.
+    }
+
+    #[test]
+    fn the_cap_stands_in_for_a_bbr_window_held_back_but_not_after_persistent_congestion() {
+        let mut now = Instant::now();
+        let mut controller = Capped {
+            bbr: Box::new(Bbr::new(Arc::new(BbrConfig::default()), MTU)),
+            mtu: MTU,
+            rate: DeliveryRate::new(now),
+            yielding: false,
+        };
+        feed(&mut controller.rate, &mut now, 25e6, 10);
+        controller.rate.startup = false;
+        let cap = controller.rate.cap(MTU).unwrap();
+        // BBR, which heard of no acknowledgement, holds its initial window.
+        assert!(controller.bbr.window() < cap / 2);
+        assert_eq!(controller.window(), cap);
+        controller.on_congestion_event(now, now, true, 10 * u64::from(MTU));
+        assert!(controller.yielding);
+        assert_eq!(controller.window(), controller.bbr.window());
     }
 
     #[test]
