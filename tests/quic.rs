@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use snapsync::changes::DiffOptions;
 use snapsync::data_channel::{self, DataChannelError, FINGERPRINT_LEN, TOKEN_LEN};
-use snapsync::endpoint::{Role, SessionRequest};
+use snapsync::endpoint::Role;
 use snapsync::model::Preserve;
 use snapsync::protocol::{read_message, write_message, Body, Envelope};
 
@@ -341,12 +341,7 @@ struct Serve {
 
 impl Serve {
     fn start() -> Serve {
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_serve();
         let to = BufWriter::new(child.stdin.take().unwrap());
         let from = BufReader::new(child.stdout.take().unwrap());
         Serve { child, to, from }
@@ -419,20 +414,7 @@ fn clients_with_a_wrong_token_or_certificate_are_refused_and_the_session_goes_on
     send(&mut far.to, 1, Body::UseDataChannel(true));
     let (mut reader, writer, _guard) = channel.split();
     let mut writer = BufWriter::new(writer);
-    let request = SessionRequest {
-        session: "quic-test".into(),
-        direction: "pull".into(),
-        role: Role::Source,
-        reset: false,
-        dry_run: false,
-        log_max: snapsync::log::DEFAULT_MAX,
-        log_verbose: false,
-        backup_dir: None,
-        remove_source_files: false,
-        bwlimit: None,
-        probe: false,
-        count_rows: false,
-    };
+    let request = session_request("quic-test", "pull", Role::Source);
     send(
         &mut writer,
         2,

@@ -525,7 +525,7 @@ impl Drop for Immutable {
 /// the reason, and neither appears on disk.
 #[test]
 fn a_far_end_that_cannot_record_pending_rows_changes_nothing_after() {
-    use snapsync::endpoint::{FileJob, Role, SessionRequest, SourceEnd};
+    use snapsync::endpoint::{FileJob, Role, SourceEnd};
     use snapsync::model::{Entry, Kind, Preserve, RelPath};
     use snapsync::plan::Op;
     use snapsync::protocol::{read_message, write_message, Body, Envelope};
@@ -535,12 +535,7 @@ fn a_far_end_that_cannot_record_pending_rows_changes_nothing_after() {
     let tmp = tempfile::tempdir().unwrap();
     let far = tmp.path().join("far");
     fs::create_dir_all(&far).unwrap();
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve();
     let mut to = BufWriter::new(child.stdin.take().unwrap());
     let mut from = BufReader::new(child.stdout.take().unwrap());
     let mut call = 0;
@@ -557,20 +552,7 @@ fn a_far_end_that_cannot_record_pending_rows_changes_nothing_after() {
         capabilities: Vec::new(),
     });
     assert!(matches!(receive(), Body::Hello { .. }));
-    let request = SessionRequest {
-        session: "pending-test".into(),
-        direction: "push".into(),
-        role: Role::Target,
-        reset: false,
-        dry_run: false,
-        log_max: snapsync::log::DEFAULT_MAX,
-        log_verbose: false,
-        backup_dir: None,
-        remove_source_files: false,
-        bwlimit: None,
-        probe: false,
-        count_rows: false,
-    };
+    let request = session_request("pending-test", "push", Role::Target);
     send(Body::Open {
         root: far.to_str().unwrap().as_bytes().to_vec(),
         request,

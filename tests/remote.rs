@@ -353,12 +353,7 @@ fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
 
 #[test]
 fn serve_exits_when_its_input_closes() {
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve();
     drop(child.stdin.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

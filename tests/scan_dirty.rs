@@ -2,6 +2,8 @@
 //! API: after a real push, a scan of the paths a watcher would report gives
 //! what a full scan gives for them, and looks at little else.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -47,20 +49,7 @@ fn push(src: &Path, dst: &Path) {
 }
 
 fn request(role: Role) -> SessionRequest {
-    SessionRequest {
-        session: SESSION.into(),
-        direction: "push".into(),
-        role,
-        reset: false,
-        dry_run: false,
-        log_max: snapsync::log::DEFAULT_MAX,
-        log_verbose: false,
-        backup_dir: None,
-        remove_source_files: false,
-        probe: false,
-        count_rows: false,
-        bwlimit: None,
-    }
+    common::session_request(SESSION, "push", role)
 }
 
 /// The source side of the session, open as a run would open it.

@@ -23,6 +23,40 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_snapsync"))
 }
 
+/// `snapsync serve`, its input and output piped: a far end the test
+/// speaks the protocol to itself.
+pub fn spawn_serve() -> std::process::Child {
+    Command::new(bin())
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What a run asks of a root when it opens `session` (no probe, none of
+/// the optional behaviours).
+pub fn session_request(
+    session: &str,
+    direction: &str,
+    role: snapsync::endpoint::Role,
+) -> snapsync::endpoint::SessionRequest {
+    snapsync::endpoint::SessionRequest {
+        session: session.into(),
+        direction: direction.into(),
+        role,
+        reset: false,
+        dry_run: false,
+        log_max: snapsync::log::DEFAULT_MAX,
+        log_verbose: false,
+        backup_dir: None,
+        remove_source_files: false,
+        bwlimit: None,
+        probe: false,
+        count_rows: false,
+    }
+}
+
 pub fn snapsync(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
