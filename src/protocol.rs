@@ -4,10 +4,14 @@
 //! A frame is a 4-byte big-endian length, a 1-byte flag and a payload of at
 //! most [`MAX_FRAME`] bytes. A message is the bincode encoding of an
 //! [`Envelope`], carried by one frame, or split over several when large
-//! (flag [`MORE`] on all but the last), up to [`MAX_MESSAGE`] bytes. Anything
+//! (flag [`MORE`] on all but the last), up to [`MAX_MESSAGE`] bytes. A
+//! message of [`PACK_MIN`] bytes or more that is not file data travels
+//! zstd-compressed (flag [`PACKED`] on each of its frames): lists of paths
+//! and entries (scans, pending rows, commits) shrink several times, and on
+//! a long link every round trip's worth of bytes saved is time. Anything
 //! else from the peer (a longer frame, an unknown flag, a message that does
-//! not decode, a path that would leave the root) ends the session with an
-//! error, never a panic.
+//! not decode or unpacks past the limit, a path that would leave the root)
+//! ends the session with an error, never a panic.
 
 use std::io::{self, Read, Write};
 
@@ -31,6 +35,14 @@ pub const MAX_MESSAGE: usize = 1 << 30;
 pub const MORE: u8 = 1;
 /// Flag: the last (or only) frame of a message.
 pub const LAST: u8 = 0;
+/// Flag, on every frame of a message, beside [`MORE`] or [`LAST`]: the
+/// message's bytes are zstd-compressed.
+pub const PACKED: u8 = 2;
+/// Messages this long or longer are compressed (file data aside).
+pub const PACK_MIN: usize = 8 << 10;
+/// zstd's fastest level: control messages are lists with much repeated,
+/// and the link is what is slow.
+const PACK_LEVEL: i32 = 1;
 /// What this build offers beyond the protocol's core: delta transfer, zstd
 /// compression (`-z`), extended attributes (`--xattrs`), hard links (`-H`),
 /// POSIX ACLs (`-A`).
@@ -83,7 +95,11 @@ pub enum Body {
         replace: bool,
     },
     Commit(Vec<SnapshotUpdate>),
-    Finish(RunEnd),
+    /// The run's last rows (committed first) and how it ended.
+    Finish {
+        rows: Vec<SnapshotUpdate>,
+        end: RunEnd,
+    },
     /// The far end is the source: stream these files back, tagged with
     /// this call, then [`Body::FilesDone`].
     SendFiles {
@@ -224,13 +240,27 @@ fn codec() -> impl Options {
         .with_limit(MAX_MESSAGE as u64)
 }
 
+/// Whether a message of this kind is compressed when long: not file data,
+/// which is compressed or not as the user chose (`-z`).
+fn packable(body: &Body) -> bool {
+    !matches!(body, Body::FileData { .. } | Body::FileWhole { .. })
+}
+
 /// Encodes an envelope into frames and writes them.
 pub fn write_message(out: &mut dyn Write, envelope: &Envelope) -> Result<u64, ProtocolError> {
-    let bytes = codec()
+    let mut bytes = codec()
         .serialize(envelope)
         .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if bytes.len() > MAX_MESSAGE {
         return Err(ProtocolError::MessageTooLarge);
+    }
+    let mut packed = 0;
+    if bytes.len() >= PACK_MIN && packable(&envelope.body) {
+        let smaller = zstd::bulk::compress(&bytes, PACK_LEVEL)?;
+        if smaller.len() < bytes.len() {
+            bytes = smaller;
+            packed = PACKED;
+        }
     }
     let mut chunks = bytes.chunks(MAX_FRAME).peekable();
     let mut written = 0u64;
@@ -239,7 +269,7 @@ pub fn write_message(out: &mut dyn Write, envelope: &Envelope) -> Result<u64, Pr
         return Ok(5);
     }
     while let Some(chunk) = chunks.next() {
-        let flag = if chunks.peek().is_some() { MORE } else { LAST };
+        let flag = packed | if chunks.peek().is_some() { MORE } else { LAST };
         out.write_all(&(chunk.len() as u32).to_be_bytes())?;
         out.write_all(&[flag])?;
         out.write_all(chunk)?;
@@ -252,6 +282,8 @@ pub fn write_message(out: &mut dyn Write, envelope: &Envelope) -> Result<u64, Pr
 pub fn read_message(input: &mut dyn Read) -> Result<(Envelope, u64), ProtocolError> {
     let mut message = Vec::new();
     let mut read = 0u64;
+    // Whether the message is packed, as its first frame says.
+    let mut packed = None;
     loop {
         let mut header = [0u8; 5];
         if let Err(e) = input.read_exact(&mut header) {
@@ -278,14 +310,36 @@ pub fn read_message(input: &mut dyn Read) -> Result<(Envelope, u64), ProtocolErr
             }
         })?;
         read += 5 + len as u64;
-        match header[4] {
-            LAST => break,
-            MORE => continue,
-            flag => return Err(ProtocolError::BadFlag(flag)),
+        let flag = header[4];
+        if flag & !(MORE | PACKED) != 0 || *packed.get_or_insert(flag & PACKED) != flag & PACKED {
+            return Err(ProtocolError::BadFlag(flag));
         }
+        if flag & MORE == LAST {
+            break;
+        }
+    }
+    if packed == Some(PACKED) {
+        message = unpack(&message, MAX_MESSAGE)?;
     }
     let envelope = decode(&message)?;
     Ok((envelope, read))
+}
+
+/// A packed message's bytes, which may not unpack past `limit`.
+fn unpack(packed: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let undecodable = |e: io::Error| {
+        ProtocolError::Malformed(format!("a compressed message does not decompress: {e}"))
+    };
+    let decoder = zstd::stream::read::Decoder::new(packed).map_err(undecodable)?;
+    let mut message = Vec::new();
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut message)
+        .map_err(undecodable)?;
+    if message.len() > limit {
+        return Err(ProtocolError::MessageTooLarge);
+    }
+    Ok(message)
 }
 
 /// Decodes one message's bytes. Exposed for the fuzz target.
@@ -374,6 +428,95 @@ mod tests {
             data: vec![7u8; MAX_FRAME * 2 + 5],
             compressed: false,
         });
+    }
+
+    /// The flag bytes of the frames `envelope` is written in.
+    fn flags(envelope: &Envelope) -> Vec<u8> {
+        let mut wire = Vec::new();
+        write_message(&mut wire, envelope).unwrap();
+        let mut flags = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            flags.push(rest[4]);
+            rest = &rest[5 + len..];
+        }
+        flags
+    }
+
+    fn many_paths(count: usize) -> Body {
+        Body::Lookup(
+            (0..count)
+                .map(|i| RelPath::new(format!("dir{}/file{i:06}", i % 10).as_bytes()).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn long_lists_travel_packed_and_come_back_the_same() {
+        let long = Envelope {
+            call: 3,
+            body: many_paths(20_000),
+        };
+        let plain = codec().serialize(&long).unwrap().len();
+        let mut wire = Vec::new();
+        let written = write_message(&mut wire, &long).unwrap();
+        assert!(written as usize * 4 < plain, "{written} of {plain}");
+        assert_eq!(flags(&long), [PACKED | LAST]);
+        round_trip(many_paths(20_000));
+        // Short messages, and file data whatever its length, go as they are.
+        let short = Envelope {
+            call: 3,
+            body: many_paths(3),
+        };
+        assert_eq!(flags(&short), [LAST]);
+        let data = Envelope {
+            call: 0,
+            body: Body::FileData {
+                id: 1,
+                data: vec![0u8; MAX_FRAME + 1],
+                compressed: false,
+            },
+        };
+        assert_eq!(flags(&data), [MORE, LAST]);
+    }
+
+    fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+        let mut wire = (payload.len() as u32).to_be_bytes().to_vec();
+        wire.push(flag);
+        wire.extend_from_slice(payload);
+        wire
+    }
+
+    #[test]
+    fn packed_input_that_lies_is_an_error() {
+        // Not zstd at all.
+        let garbage = frame(PACKED | LAST, b"not compressed");
+        assert!(matches!(
+            read_message(&mut &garbage[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        // Frames of one message that disagree on whether it is packed.
+        let done = codec()
+            .serialize(&Envelope {
+                call: 1,
+                body: Body::Done,
+            })
+            .unwrap();
+        let mut mixed = frame(MORE, &done[..2]);
+        mixed.extend(frame(PACKED | LAST, &done[2..]));
+        assert!(matches!(
+            read_message(&mut &mixed[..]),
+            Err(ProtocolError::BadFlag(_))
+        ));
+        // A few bytes that would unpack past the limit stop there.
+        let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 1).unwrap();
+        assert!(bomb.len() < 1 << 10);
+        assert!(matches!(
+            unpack(&bomb, 1 << 16),
+            Err(ProtocolError::MessageTooLarge)
+        ));
+        assert_eq!(unpack(&bomb, 1 << 20).unwrap().len(), 1 << 20);
     }
 
     #[test]

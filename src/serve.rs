@@ -267,7 +267,11 @@ fn serve_session(
                     .commit(&updates)
                     .map_or_else(failed, |()| Body::Done),
             ),
-            Body::Finish(end) => Some(endpoint.finish(&end).map_or_else(failed, |()| Body::Done)),
+            Body::Finish { rows, end } => Some(
+                endpoint
+                    .finish(&rows, &end)
+                    .map_or_else(failed, |()| Body::Done),
+            ),
             Body::Decisions => Some(endpoint.decisions().map_or_else(failed, Body::DecisionList)),
             Body::RemoveSentFiles(entries) => Some(
                 endpoint
@@ -366,6 +370,7 @@ fn refuse_change(body: &Body, why: &str, report: &Done) -> Option<Option<Body>> 
         Body::Apply { .. } | Body::Commit(_) | Body::RemoveSentFiles(_) => {
             Some(Some(Body::Failed(refusal)))
         }
+        Body::Finish { rows, .. } if !rows.is_empty() => Some(Some(Body::Failed(refusal))),
         Body::FileOpen(job) | Body::FileWhole { job, .. } => {
             let failure = OpFailure {
                 path: job.entry.path.clone(),

@@ -785,6 +785,7 @@ pub fn replica_cycle(
         stop,
         &target_now,
         None,
+        true,
     );
     if let Some(error) = done.fatal {
         return Err(error);
@@ -808,8 +809,9 @@ pub fn replica_cycle(
         conflicts: Vec::new(),
         examined: None,
     };
-    target.finish(&end(source_id, source))?;
-    source.finish(&end(target_id, target))?;
+    // The target's rows first, as every batch (see `Run::flush`).
+    target.finish(&done.last.target, &end(source_id, source))?;
+    source.finish(&done.last.source, &end(target_id, target))?;
     Ok(Outcome {
         summary,
         plan,
@@ -1074,10 +1076,25 @@ struct Carried {
     failures: Vec<(RelPath, String)>,
     fatal: Option<EndpointError>,
     interrupted: bool,
+    /// The rows settled last, left for each side's `finish` to write.
+    last: LastRows,
+}
+
+/// Snapshot rows not written yet: the target's (to be written first) and
+/// the source's.
+#[derive(Default)]
+struct LastRows {
+    target: Vec<SnapshotUpdate>,
+    source: Vec<SnapshotUpdate>,
 }
 
 /// Carries out `plan` on `target` with data from `source`, settling each
-/// item in both snapshots as it succeeds.
+/// item in both snapshots as it succeeds. With `keep_last`, the rows
+/// settled last are not written here but returned, for the target's
+/// `finish` and then the source's to write: with a far end, the round trip
+/// of a commit of their own is saved at the end of the run. They are
+/// written here all the same after a fatal error (no `finish` follows),
+/// and with `--remove-source-files` copies to remove once they are.
 #[allow(clippy::too_many_arguments)]
 fn carry_out(
     source: &dyn Endpoint,
@@ -1088,6 +1105,7 @@ fn carry_out(
     stop: &AtomicBool,
     target_now: &HashMap<RelPath, Entry>,
     toward: Option<Side>,
+    keep_last: bool,
 ) -> Carried {
     let run = Run {
         source,
@@ -1106,24 +1124,35 @@ fn carry_out(
         failed_prefixes: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
         interrupted: AtomicBool::new(false),
+        holding: AtomicBool::new(false),
         writer: Mutex::new(None),
     };
     // Settled rows are written on a thread of their own, batch after
     // batch in order, so that a far end's round trip per batch never
-    // holds up the files being sent.
-    let (batches, written) = crossbeam_channel::bounded::<Batch>(1);
+    // holds up the files being sent. A batch is handed over only to an
+    // idle writer (a rendezvous channel; see `Run::flush`).
+    let (batches, written) = crossbeam_channel::bounded::<Batch>(0);
     *run.writer.lock().unwrap() = Some(batches);
     std::thread::scope(|threads| {
-        threads.spawn(|| {
+        let writer = threads.spawn(|| {
             for batch in written {
                 run.write(batch);
             }
         });
         run.execute(plan);
-        run.hand_over(true);
         // The writer ends once it has written what was sent to it.
         run.writer.lock().unwrap().take();
+        let _ = writer.join();
     });
+    let batch = run.take_batch();
+    let mut last = LastRows::default();
+    let removals = !batch.confirmed.is_empty() || !batch.to_verify.is_empty();
+    if keep_last && !removals && run.fatal.lock().unwrap().is_none() {
+        last.target = batch.target;
+        last.source = batch.source;
+    } else {
+        run.write(batch);
+    }
     let fatal = run.fatal.lock().unwrap().take();
     let counts = *run.counts.lock().unwrap();
     Carried {
@@ -1133,6 +1162,7 @@ fn carry_out(
         interrupted: run.interrupted.load(Ordering::SeqCst),
         failures: run.failures.into_inner().unwrap(),
         fatal,
+        last,
     }
 }
 
@@ -1349,6 +1379,7 @@ pub fn bidi_cycle(
             stop,
             &remote_now,
             Some(Side::Remote),
+            false,
         );
         failures.extend(there.failures);
         if let Some(error) = there.fatal {
@@ -1367,6 +1398,7 @@ pub fn bidi_cycle(
                 stop,
                 &local_now,
                 Some(Side::Local),
+                false,
             );
             failures.extend(here.failures);
             if let Some(error) = here.fatal {
@@ -1421,8 +1453,8 @@ pub fn bidi_cycle(
                 })
                 .collect(),
         };
-        remote.finish(&end(Side::Remote))?;
-        local.finish(&end(Side::Local))?;
+        remote.finish(&[], &end(Side::Remote))?;
+        local.finish(&[], &end(Side::Local))?;
     }
     Ok(Outcome {
         summary,
@@ -1628,6 +1660,30 @@ struct Pending {
     to_verify: Vec<Entry>,
 }
 
+impl Pending {
+    /// What is pending, as one batch, and nothing left.
+    fn take(&mut self) -> Batch {
+        self.since = None;
+        Batch {
+            target: std::mem::take(&mut self.target),
+            source: std::mem::take(&mut self.source),
+            confirmed: std::mem::take(&mut self.confirmed),
+            to_verify: std::mem::take(&mut self.to_verify),
+        }
+    }
+
+    /// Puts back a batch [`take`](Self::take) took, pending since `since`.
+    fn put_back(&mut self, batch: Batch, since: Option<Instant>) {
+        *self = Pending {
+            target: batch.target,
+            source: batch.source,
+            since,
+            confirmed: batch.confirmed,
+            to_verify: batch.to_verify,
+        };
+    }
+}
+
 /// How many settled rows, or how long, before they are written.
 const BATCH_ROWS: usize = 2000;
 const BATCH_TIME: Duration = Duration::from_millis(500);
@@ -1652,6 +1708,10 @@ struct Run<'a> {
     failed_prefixes: Mutex<Vec<RelPath>>,
     fatal: Mutex<Option<EndpointError>>,
     interrupted: AtomicBool,
+    /// Set once the files are in: the few rows settled after (new
+    /// directories' metadata) stay pending for the end of the run, which
+    /// does not then wait for a commit of their own.
+    holding: AtomicBool,
     /// Hands batches of settled rows to the thread that writes them.
     writer: Mutex<Option<crossbeam_channel::Sender<Batch>>>,
 }
@@ -1704,11 +1764,6 @@ impl Run<'_> {
             .partition(|item| matches!(item.op, Op::Transfer { .. }));
         transfers.extend(self.run_batches(&others, true).stale);
         transfers.extend(streamed.into_iter().map(|item| (item, None)));
-        self.transfer_all(transfers);
-        // A name whose file is not in place as planned (its transfer
-        // failed, say) gets the data of its own instead.
-        let unlinked = self.run_batches(&links, true).stale;
-        self.transfer_all(unlinked);
         // New directories get their final metadata once their contents are in.
         dir_meta.extend(created_dirs);
         dir_meta.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
@@ -1725,6 +1780,35 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
+        // A far end takes messages in the order sent: the metadata asked
+        // for right behind the files' data is set once they are all in, and
+        // its answer comes back with theirs, a round trip sooner. Not when
+        // names are linked after, each to a file that must be in place, nor
+        // when content meant to be moved is sent instead (its old name is
+        // deleted after).
+        let behind_files = self.target.is_remote()
+            && links.is_empty()
+            && transfers.iter().all(|(_, leftover)| leftover.is_none());
+        let mut finished = false;
+        if behind_files {
+            finished = self.transfer_all(transfers, &finishing);
+        } else {
+            self.transfer_all(transfers, &[]);
+            // A name whose file is not in place as planned (its transfer
+            // failed, say) gets the data of its own instead.
+            let unlinked = self.run_batches(&links, true).stale;
+            self.transfer_all(unlinked, &[]);
+        }
+        if !finished {
+            self.finish_dirs(&finishing);
+        }
+    }
+
+    /// Sets the final metadata of directories (`finishing`). The rows
+    /// settled from here on stay pending for the end of the run (see
+    /// [`Run::holding`]).
+    fn finish_dirs(&self, finishing: &[(&Item, Op)]) {
+        self.holding.store(true, Ordering::SeqCst);
         for chunk in finishing.chunks(BATCH_OPS) {
             self.run_batch(chunk, false);
         }
@@ -1829,10 +1913,12 @@ impl Run<'_> {
     /// Streams file data from the source into the target. Results arrive on
     /// whatever thread the target reports them from; they are settled here,
     /// on this thread, so settling (which writes to both endpoints) never
-    /// runs inside an endpoint's own machinery.
-    fn transfer_all(&self, transfers: Vec<Transfer>) {
+    /// runs inside an endpoint's own machinery. Once every file is sent,
+    /// the directories' metadata (`then`) is set while their results
+    /// come back; whether it was.
+    fn transfer_all(&self, transfers: Vec<Transfer>, then: &[(&Item, Op)]) -> bool {
         if transfers.is_empty() || self.should_stop() {
-            return;
+            return false;
         }
         let entry_of = |item: &Item| match &item.op {
             Op::Transfer { entry }
@@ -1861,7 +1947,7 @@ impl Run<'_> {
                 Ok(signatures) => signatures,
                 Err(error) => {
                     self.fatal.lock().unwrap().get_or_insert(error);
-                    return;
+                    return false;
                 }
             }
         };
@@ -1882,6 +1968,7 @@ impl Run<'_> {
             let _ = tx.send((id, result));
         });
         let mut leftovers = Vec::new();
+        let mut ran_then = false;
         std::thread::scope(|scope| {
             let settler = scope.spawn(|| {
                 let mut leftovers = Vec::new();
@@ -1906,9 +1993,18 @@ impl Run<'_> {
                     sink: sink.as_ref(),
                     observer: self.observer,
                 };
-                self.source
-                    .send_files(jobs, &observed, self.xattrs, self.stop)
-                    .and_then(|()| sink.wait())
+                let sent = self
+                    .source
+                    .send_files(jobs, &observed, self.xattrs, self.stop);
+                if sent.is_ok() && !then.is_empty() {
+                    ran_then = true;
+                    let dirs = scope.spawn(|| self.finish_dirs(then));
+                    let waited = sink.wait();
+                    let _ = dirs.join();
+                    waited
+                } else {
+                    sent.and_then(|()| sink.wait())
+                }
             };
             if let Err(error) = sent {
                 self.fatal.lock().unwrap().get_or_insert(error);
@@ -1947,6 +2043,7 @@ impl Run<'_> {
                 }
             }
         }
+        ran_then
     }
 
     /// The source's extended attributes for each operation that sets
@@ -2063,41 +2160,39 @@ impl Run<'_> {
     /// so a run killed at any point leaves every file on one side at least,
     /// and recorded there.
     ///
-    /// The batch goes to the writer thread, or is written here when there
-    /// is none. While the writer still writes one batch and another
-    /// waits, the rows stay pending and go with the next: a far end's
-    /// round trip per commit then never falls behind the files settling
-    /// (its answers wait behind the data in flight), and the rows that
-    /// settle last go in one commit, not one per [`BATCH_ROWS`].
+    /// The batch goes to the writer thread when it is idle, or is written
+    /// here when there is none. While the writer still writes one batch,
+    /// the rows stay pending and go with the next: a far end's round trip
+    /// per commit then never falls behind the files settling (its answers
+    /// wait behind the data in flight), and the rows that settle last are
+    /// all still pending once the plan is carried out (see [`carry_out`]
+    /// for where they go).
     fn flush(&self) {
-        self.hand_over(false);
-    }
-
-    /// [`Run::flush`]; with `wait`, even while the writer is busy (the
-    /// run's last rows).
-    fn hand_over(&self, wait: bool) {
-        let writer = self.writer.lock().unwrap().clone();
-        if !wait && writer.as_ref().is_some_and(|w| w.is_full()) {
+        if self.holding.load(Ordering::SeqCst) {
             return;
         }
-        let batch = {
-            let mut pending = self.pending.lock().unwrap();
-            pending.since = None;
-            Batch {
-                target: std::mem::take(&mut pending.target),
-                source: std::mem::take(&mut pending.source),
-                confirmed: std::mem::take(&mut pending.confirmed),
-                to_verify: std::mem::take(&mut pending.to_verify),
-            }
-        };
-        match writer {
-            Some(writer) => {
-                if let Err(unsent) = writer.send(batch) {
-                    self.write(unsent.into_inner());
+        let writer = self.writer.lock().unwrap().clone();
+        let mut pending = self.pending.lock().unwrap();
+        let since = pending.since;
+        let batch = pending.take();
+        let unsent = match writer {
+            Some(writer) => match writer.try_send(batch) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(batch)) => {
+                    pending.put_back(batch, since);
+                    return;
                 }
-            }
-            None => self.write(batch),
-        }
+                Err(crossbeam_channel::TrySendError::Disconnected(batch)) => batch,
+            },
+            None => batch,
+        };
+        drop(pending);
+        self.write(unsent);
+    }
+
+    /// What is pending, as one batch.
+    fn take_batch(&self) -> Batch {
+        self.pending.lock().unwrap().take()
     }
 
     fn write(&self, batch: Batch) {

@@ -18,7 +18,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 5)"
+    ", protocol 6)"
 );
 
 #[derive(Parser)]

@@ -1396,7 +1396,8 @@ impl Endpoint for LocalEndpoint {
         Ok(())
     }
 
-    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError> {
+    fn finish(&self, rows: &[SnapshotUpdate], end: &RunEnd) -> Result<(), EndpointError> {
+        self.commit(rows)?;
         let mut guard = self.session.lock().unwrap();
         let Some(session) = guard.as_mut() else {
             return Ok(());

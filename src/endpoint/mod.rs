@@ -274,10 +274,13 @@ pub trait Endpoint: Send + Sync {
     /// Writes snapshot rows, in one transaction.
     fn commit(&self, updates: &[SnapshotUpdate]) -> Result<(), EndpointError>;
 
-    /// Ends the run: drops rows the filters no longer cover, records the
+    /// Ends the run: writes its last snapshot rows (`rows`, as
+    /// [`commit`](Self::commit) does: with a far end, in the same round
+    /// trip), drops rows the filters no longer cover, records the
     /// failures, the run and the peer's root id, and (when complete) marks
-    /// the session established.
-    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError>;
+    /// the session established. Nothing of the end is recorded when the
+    /// rows could not be written.
+    fn finish(&self, rows: &[SnapshotUpdate], end: &RunEnd) -> Result<(), EndpointError>;
 }
 
 /// How a watch waits before reporting.

@@ -1105,8 +1105,11 @@ impl Endpoint for RemoteEndpoint {
         expect_reply!(reply, Body::Done => ())
     }
 
-    fn finish(&self, end: &RunEnd) -> Result<(), EndpointError> {
-        let reply = self.conn.call(Body::Finish(end.clone()))?;
+    fn finish(&self, rows: &[SnapshotUpdate], end: &RunEnd) -> Result<(), EndpointError> {
+        let reply = self.conn.call(Body::Finish {
+            rows: rows.to_vec(),
+            end: end.clone(),
+        })?;
         expect_reply!(reply, Body::Done => ())
     }
 }
