@@ -281,18 +281,18 @@ fn refused(options: &SyncOptions, refusal: Refusal) -> EndpointError {
 
 /// Opens the session on both roots (the direction decides their roles),
 /// after the guards have looked at both, and refuses a loop.
-fn open_pair(
-    local: &dyn Endpoint,
-    remote: &dyn Endpoint,
-    options: &SyncOptions,
-    observer: &dyn Observer,
-) -> Result<Opened, EndpointError> {
-    let (local_role, remote_role) = match options.direction {
+/// The local root's role and the remote's.
+fn roles(direction: Direction) -> (Role, Role) {
+    match direction {
         Direction::Push => (Role::Source, Role::Target),
         Direction::Pull => (Role::Target, Role::Source),
         Direction::Bidi => (Role::Both, Role::Both),
-    };
-    let request = |role, probe| SessionRequest {
+    }
+}
+
+/// What the session asks of a root in `role`; with `probe`, only a look.
+fn session_request(options: &SyncOptions, role: Role, probe: bool) -> SessionRequest {
+    SessionRequest {
         session: options.session.clone(),
         direction: options.direction.as_str().to_string(),
         role,
@@ -305,7 +305,25 @@ fn open_pair(
         probe,
         count_rows: matches!(options.max_delete, Some(MaxDelete::Percent(_))),
         bwlimit: options.bwlimit,
-    };
+    }
+}
+
+/// The look at the remote root a session starts with, which a far end can
+/// be asked for as it is started ([`ConnectOptions::probe`]).
+///
+/// [`ConnectOptions::probe`]: crate::endpoint::ConnectOptions::probe
+pub fn remote_probe(options: &SyncOptions) -> SessionRequest {
+    session_request(options, roles(options.direction).1, true)
+}
+
+fn open_pair(
+    local: &dyn Endpoint,
+    remote: &dyn Endpoint,
+    options: &SyncOptions,
+    observer: &dyn Observer,
+) -> Result<Opened, EndpointError> {
+    let (local_role, remote_role) = roles(options.direction);
+    let request = |role, probe| session_request(options, role, probe);
     // Both roots are looked at (the source first, as below) before either
     // is opened, since opening writes (a target made, a state directory, a
     // root id, a database): a root that lost its state must not get a new

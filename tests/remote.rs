@@ -415,3 +415,41 @@ fn handshake_exchanges_root_ids_and_each_side_records_its_peer() {
     assert_eq!(peer(&src), id(&dst));
     assert_eq!(peer(&dst), id(&src));
 }
+
+/// The look at the far root a session starts with is asked on ssh right
+/// behind the handshake: opening with it sends nothing more. It is used
+/// once; asked again, or any other request, goes on the wire, and the far
+/// end's answer is the same.
+#[test]
+fn the_first_look_at_the_far_root_comes_with_the_handshake() {
+    use snapsync::endpoint::{
+        ConnectOptions, Endpoint, RemoteEndpoint, RemoteSpec, Role, Transport,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("far");
+    fs::create_dir(&far).unwrap();
+    write(&far, "a.txt", b"a");
+    let probe = snapsync::endpoint::SessionRequest {
+        probe: true,
+        ..session_request("early", "push", Role::Target)
+    };
+    for transport in [Transport::Ssh, Transport::Auto] {
+        let connect = ConnectOptions {
+            rsh: rsh_shim(tmp.path()).display().to_string(),
+            remote_command: bin().display().to_string(),
+            compress: false,
+            transport,
+            udp_ports: None,
+            probe: Some(probe.clone()),
+        };
+        let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
+        let remote = RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap();
+        let before = remote.wire_bytes();
+        let early = remote.open_session(&probe).unwrap();
+        assert_eq!(remote.wire_bytes(), before, "{transport:?}");
+        let again = remote.open_session(&probe).unwrap();
+        assert!(remote.wire_bytes().0 > before.0, "{transport:?}");
+        assert_eq!(format!("{early:?}"), format!("{again:?}"));
+        assert!(early.root_id.is_none(), "a look creates nothing");
+    }
+}

@@ -295,6 +295,7 @@ fn dirty_scan_through_serve_matches_a_full_scan() {
         compress: false,
         transport: Transport::Ssh,
         udp_ports: None,
+        probe: None,
     };
     let remote = RemoteEndpoint::connect(spec, &connect, Preserve::default()).unwrap();
     remote.open_session(&request(Role::Target)).unwrap();

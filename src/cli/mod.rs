@@ -241,6 +241,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
                         compress: args.compress,
                         transport: args.transport.into(),
                         udp_ports: args.udp_port,
+                        probe: Some(snapsync::session::remote_probe(&options)),
                     },
                     preserve,
                 )?;

@@ -44,7 +44,7 @@ impl Role {
 }
 
 /// What a session asks of an endpoint before it scans.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRequest {
     pub session: String,
     /// `push`, `pull` or `bidi`, as the session was started.

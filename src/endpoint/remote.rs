@@ -84,6 +84,10 @@ pub struct ConnectOptions {
     /// The UDP ports the far end may listen on for the data channel
     /// (`--udp-port`; any free port when `None`).
     pub udp_ports: Option<PortRange>,
+    /// The look at the far root the session starts with (a request with
+    /// `probe`): asked on ssh right behind the handshake, its answer is
+    /// there when the session opens, a round trip sooner.
+    pub probe: Option<SessionRequest>,
 }
 
 /// `--transport`: what carries the protocol once the far end is started.
@@ -340,6 +344,8 @@ pub struct RemoteEndpoint {
     data_address: Option<SocketAddr>,
     /// Why `auto` found no data channel, when it tried one.
     warning: Option<String>,
+    /// [`ConnectOptions::probe`] and the far end's answer, until asked for.
+    probed: Mutex<Option<(SessionRequest, Body)>>,
 }
 
 /// Requests and answers on the ssh stream before the connection's reader
@@ -522,15 +528,29 @@ impl RemoteEndpoint {
         // whether it is used (sent once the hello is answered, so that the
         // far end's start is not timed with them; the channel is turned
         // down on a short link).
+        // The look at the root goes behind them (with `auto`, behind the
+        // pings).
+        let probe = |setup: &mut Setup| match &options.probe {
+            Some(request) => setup
+                .ask(Body::Open {
+                    root: spec.path.as_bytes().to_vec(),
+                    request: request.clone(),
+                    preserve,
+                })
+                .map(Some),
+            None => Ok(None),
+        };
         let asked = setup.tell(hello).and_then(|()| match options.transport {
-            Transport::Quic => setup
-                .ask(Body::OpenDataChannel(options.udp_ports))
-                .map(|call| Some((Vec::new(), call))),
-            Transport::Ssh | Transport::Auto => Ok(None),
+            Transport::Quic => {
+                let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
+                Ok((Some((Vec::new(), call)), probe(&mut setup)?))
+            }
+            Transport::Ssh => Ok((None, probe(&mut setup)?)),
+            Transport::Auto => Ok((None, None)),
         });
-        let (asked, reply) = match asked {
-            Ok(asked) => (asked, read_message(&mut setup.reader)),
-            Err(e) => (None, Err(e)),
+        let (asked, mut probe_call, reply) = match asked {
+            Ok((asked, probe_call)) => (asked, probe_call, read_message(&mut setup.reader)),
+            Err(e) => (None, None, Err(e)),
         };
         let far = match reply {
             Ok((
@@ -591,6 +611,7 @@ impl RemoteEndpoint {
                     .collect::<Result<Vec<_>, ProtocolError>>()
                     .and_then(|pings| {
                         let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
+                        probe_call = probe(&mut setup)?;
                         Ok(Some((pings, call)))
                     });
                 match pinged {
@@ -652,6 +673,16 @@ impl RemoteEndpoint {
                     None
                 }
             }
+        };
+        // The probe's answer follows the data channel's on ssh.
+        let probed = match probe_call {
+            Some(call) => {
+                let answer = setup.answer(call).map_err(setup_lost).inspect_err(|_| {
+                    let _ = child.kill();
+                })?;
+                options.probe.clone().map(|request| (request, answer))
+            }
+            None => None,
         };
         let Setup {
             writer,
@@ -725,6 +756,7 @@ impl RemoteEndpoint {
             channel: Mutex::new(guard),
             data_address,
             warning,
+            probed: Mutex::new(probed),
         })
     }
 
@@ -812,11 +844,21 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn open_session(&self, request: &SessionRequest) -> Result<SessionFacts, EndpointError> {
-        let reply = self.conn.call(Body::Open {
-            root: self.spec.path.as_bytes().to_vec(),
-            request: request.clone(),
-            preserve: self.preserve,
-        })?;
+        let probed = self.probed.lock().unwrap().take();
+        let reply = match probed.filter(|(asked, _)| asked == request) {
+            Some((_, Body::Failed(message))) => {
+                return Err(EndpointError::Refused(format!(
+                    "{}: {message}",
+                    self.spec.host
+                )))
+            }
+            Some((_, reply)) => reply,
+            None => self.conn.call(Body::Open {
+                root: self.spec.path.as_bytes().to_vec(),
+                request: request.clone(),
+                preserve: self.preserve,
+            })?,
+        };
         let (facts, root_id) =
             expect_reply!(reply, Body::Opened { facts, root_id } => (facts, root_id))?;
         if !request.probe {
