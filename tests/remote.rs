@@ -441,6 +441,7 @@ fn the_first_look_at_the_far_root_comes_with_the_handshake() {
             transport,
             udp_ports: None,
             probe: Some(probe.clone()),
+            scan: None,
         };
         let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
         let remote = RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap();
@@ -452,4 +453,47 @@ fn the_first_look_at_the_far_root_comes_with_the_handshake() {
         assert_eq!(format!("{early:?}"), format!("{again:?}"));
         assert!(early.root_id.is_none(), "a look creates nothing");
     }
+}
+
+/// A one-time run's first scan is asked right behind the session's open:
+/// scanning then sends nothing more. A scan with other options is asked
+/// when it is wanted.
+#[test]
+fn the_first_scan_is_asked_behind_the_open() {
+    use snapsync::changes::DiffOptions;
+    use snapsync::endpoint::{
+        ConnectOptions, Endpoint, RemoteEndpoint, RemoteSpec, Role, Transport,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("far");
+    fs::create_dir(&far).unwrap();
+    write(&far, "a.txt", b"a");
+    let connect = ConnectOptions {
+        rsh: rsh_shim(tmp.path()).display().to_string(),
+        remote_command: bin().display().to_string(),
+        compress: false,
+        transport: Transport::Ssh,
+        udp_ports: None,
+        probe: None,
+        scan: Some(DiffOptions::default()),
+    };
+    let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
+    let remote = RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap();
+    remote
+        .open_session(&session_request("early", "push", Role::Target))
+        .unwrap();
+    let sent = remote.wire_bytes().0;
+    let paths = |set: &snapsync::changes::ChangeSet| -> Vec<String> {
+        set.changes.iter().map(|c| c.path.to_string()).collect()
+    };
+    let first = remote.scan(&DiffOptions::default()).unwrap();
+    assert_eq!(remote.wire_bytes().0, sent);
+    assert_eq!(paths(&first), ["a.txt"]);
+    let checksum = DiffOptions {
+        checksum: true,
+        ..DiffOptions::default()
+    };
+    let second = remote.scan(&checksum).unwrap();
+    assert!(remote.wire_bytes().0 > sent);
+    assert_eq!(paths(&second), ["a.txt"]);
 }

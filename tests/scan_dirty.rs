@@ -296,6 +296,7 @@ fn dirty_scan_through_serve_matches_a_full_scan() {
         transport: Transport::Ssh,
         udp_ports: None,
         probe: None,
+        scan: None,
     };
     let remote = RemoteEndpoint::connect(spec, &connect, Preserve::default()).unwrap();
     remote.open_session(&request(Role::Target)).unwrap();

@@ -242,6 +242,9 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
                         transport: args.transport.into(),
                         udp_ports: args.udp_port,
                         probe: Some(snapsync::session::remote_probe(&options)),
+                        // Continuous mode may start with a scan of dirty
+                        // paths (after a reconnect).
+                        scan: (!args.continuous).then(|| options.diff.clone()),
                     },
                     preserve,
                 )?;

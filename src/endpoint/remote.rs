@@ -88,6 +88,10 @@ pub struct ConnectOptions {
     /// `probe`): asked on ssh right behind the handshake, its answer is
     /// there when the session opens, a round trip sooner.
     pub probe: Option<SessionRequest>,
+    /// The scan the run asks for first (a one-time run's full scan): asked
+    /// right behind the session's `Open`, so that it is on its way while
+    /// the open's answer is looked at, a round trip sooner.
+    pub scan: Option<DiffOptions>,
 }
 
 /// `--transport`: what carries the protocol once the far end is started.
@@ -346,6 +350,18 @@ pub struct RemoteEndpoint {
     warning: Option<String>,
     /// [`ConnectOptions::probe`] and the far end's answer, until asked for.
     probed: Mutex<Option<(SessionRequest, Body)>>,
+    /// [`ConnectOptions::scan`], until the session opens.
+    first_scan: Mutex<Option<DiffOptions>>,
+    /// The scan asked behind the open, until asked for.
+    asked_scan: Mutex<Option<AskedScan>>,
+}
+
+/// A scan asked before it is wanted: its options (see [`scan_key`]), its
+/// call and where its answer comes.
+struct AskedScan {
+    key: Vec<u8>,
+    call: u64,
+    answer: Receiver<Body>,
 }
 
 /// Requests and answers on the ssh stream before the connection's reader
@@ -757,6 +773,8 @@ impl RemoteEndpoint {
             data_address,
             warning,
             probed: Mutex::new(probed),
+            first_scan: Mutex::new(options.scan.clone()),
+            asked_scan: Mutex::new(None),
         })
     }
 
@@ -769,7 +787,13 @@ impl RemoteEndpoint {
     /// Asks for a scan (`Scan` or `ScanDirty`) and checks the change set
     /// that comes back.
     fn scanned(&self, request: Body) -> Result<ChangeSet, EndpointError> {
-        let set = match self.conn.call(request)? {
+        let reply = self.conn.call(request)?;
+        self.checked_scan(reply)
+    }
+
+    /// The change set a scan's answer carries, checked.
+    fn checked_scan(&self, reply: Body) -> Result<ChangeSet, EndpointError> {
+        let set = match reply {
             Body::Scanned(set) => set,
             other => return Err(unexpected(&other)),
         };
@@ -781,6 +805,12 @@ impl RemoteEndpoint {
         }
         Ok(set)
     }
+}
+
+/// What tells a scan's options from others (they hold compiled filters,
+/// which do not compare): their encoding.
+fn scan_key(options: &DiffOptions) -> Vec<u8> {
+    bincode::serialize(options).unwrap_or_default()
 }
 
 fn wait_briefly(child: &mut Child) -> Option<i32> {
@@ -853,11 +883,38 @@ impl Endpoint for RemoteEndpoint {
                 )))
             }
             Some((_, reply)) => reply,
-            None => self.conn.call(Body::Open {
-                root: self.spec.path.as_bytes().to_vec(),
-                request: request.clone(),
-                preserve: self.preserve,
-            })?,
+            None => {
+                let open = Body::Open {
+                    root: self.spec.path.as_bytes().to_vec(),
+                    request: request.clone(),
+                    preserve: self.preserve,
+                };
+                let scan = match request.probe {
+                    true => None,
+                    false => self.first_scan.lock().unwrap().take(),
+                };
+                match scan {
+                    None => self.conn.call(open)?,
+                    Some(options) => {
+                        let (id, rx) = self.conn.start_call(open)?;
+                        // A far end that refuses the open answers the scan
+                        // `Failed`; a session that does not go on never
+                        // takes the answer.
+                        if let Ok((call, answer)) =
+                            self.conn.start_call(Body::Scan(options.clone()))
+                        {
+                            *self.asked_scan.lock().unwrap() = Some(AskedScan {
+                                key: scan_key(&options),
+                                call,
+                                answer,
+                            });
+                        }
+                        let reply = self.conn.answer(id, &rx);
+                        self.conn.settle()?;
+                        reply?
+                    }
+                }
+            }
         };
         let (facts, root_id) =
             expect_reply!(reply, Body::Opened { facts, root_id } => (facts, root_id))?;
@@ -872,7 +929,16 @@ impl Endpoint for RemoteEndpoint {
     }
 
     fn scan(&self, options: &DiffOptions) -> Result<ChangeSet, EndpointError> {
-        self.scanned(Body::Scan(options.clone()))
+        let asked = self.asked_scan.lock().unwrap().take();
+        match asked {
+            // What was sent without waiting after it (the session's
+            // lineage) is answered after it, and settled by the next call.
+            Some(asked) if asked.key == scan_key(options) => {
+                self.checked_scan(self.conn.answer(asked.call, &asked.answer)?)
+            }
+            // Asked with other options (the answer is dropped as it comes).
+            _ => self.scanned(Body::Scan(options.clone())),
+        }
     }
 
     fn scan_dirty(
