@@ -15,8 +15,8 @@ use crate::bidi::{paths_to_hash, plan_bidi, BidiInput, Conflict, Side};
 use crate::changes::DiffOptions;
 use crate::changes::{ChangeKind, ChangeSet};
 use crate::endpoint::{
-    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, ReportSink,
-    Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, LaterResults, OpFailure,
+    ReportSink, Role, RunEnd, SessionRequest, SourceEnd, WatchReport, WatchTiming,
 };
 use crate::guard::{self, MaxDelete, Refusal};
 use crate::lineage::{self, Edge};
@@ -1098,6 +1098,12 @@ struct Carried {
     last: LastRows,
 }
 
+/// A batch of operations sent to the target, its results not yet taken in.
+struct StartedBatch<'p, 'r> {
+    ready: Vec<(&'p Item, Op)>,
+    results: LaterResults<'r>,
+}
+
 /// Snapshot rows not written yet: the target's (to be written first) and
 /// the source's.
 #[derive(Default)]
@@ -1752,7 +1758,7 @@ const BATCH_OPS: usize = 1000;
 /// sent as deltas when data crosses a network.
 const DELTA_MIN_SIZE: u64 = 64 * 1024;
 
-impl Run<'_> {
+impl<'r> Run<'r> {
     fn execute(&self, plan: &Plan) {
         let mut phases: [Vec<&Item>; 6] = Default::default();
         for item in &plan.items {
@@ -1766,7 +1772,7 @@ impl Run<'_> {
             };
             phases[index].push(item);
         }
-        let [renames, mut deletes, mut mkdirs, files, links, mut dir_meta] = phases;
+        let [renames, mut deletes, mut mkdirs, files, links, dir_meta] = phases;
         deletes.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
         mkdirs.sort_by_key(|item| item.path.depth());
 
@@ -1776,16 +1782,68 @@ impl Run<'_> {
             transfers.extend(self.run_batch(&[(item, item.op.clone())], false).stale);
         }
         self.run_batches(&deletes, false);
-        let created_dirs = self.run_batches(&mkdirs, false).created_dirs;
+        // A far end takes messages in the order sent: it creates the new
+        // directories before the files that follow, so the run sends those
+        // at once and takes in the directories' results when it sets
+        // their metadata (a round trip sooner; a file in a directory that
+        // could not be created fails there on its own).
+        let mut created_dirs = Vec::new();
+        let mut mkdirs_sent = Vec::new();
+        for chunk in mkdirs.chunks(BATCH_OPS) {
+            let ops: Vec<(&Item, Op)> = chunk.iter().map(|item| (*item, item.op.clone())).collect();
+            if self.target.is_remote() {
+                mkdirs_sent.extend(self.start_batch(&ops, false));
+            } else {
+                created_dirs.extend(self.run_batch(&ops, false).created_dirs);
+            }
+        }
+        let mkdirs_sent = Mutex::new(mkdirs_sent);
         let (streamed, others): (Vec<&Item>, Vec<&Item>) = files
             .into_iter()
             .partition(|item| matches!(item.op, Op::Transfer { .. }));
         transfers.extend(self.run_batches(&others, true).stale);
         transfers.extend(streamed.into_iter().map(|item| (item, None)));
-        // New directories get their final metadata once their contents are in.
-        dir_meta.extend(created_dirs);
-        dir_meta.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
-        let finishing: Vec<(&Item, Op)> = dir_meta
+        // New directories get their final metadata once their contents are
+        // in, and once the directories' own results are.
+        let finish = || {
+            let mut dirs = dir_meta.clone();
+            dirs.extend(created_dirs.iter().copied());
+            for sent in std::mem::take(&mut *mkdirs_sent.lock().unwrap()) {
+                dirs.extend(self.end_batch(sent).created_dirs);
+            }
+            self.finish_dirs(dirs);
+        };
+        // The metadata asked for right behind the files' data is set once
+        // they are all in, and its answer comes back with theirs, a round
+        // trip sooner. Not when names are linked after, each to a file
+        // that must be in place, nor when content meant to be moved is
+        // sent instead (its old name is deleted after).
+        let behind_files = self.target.is_remote()
+            && links.is_empty()
+            && transfers.iter().all(|(_, leftover)| leftover.is_none());
+        let mut finished = false;
+        if behind_files {
+            finished = self.transfer_all(transfers, Some(&finish));
+        } else {
+            self.transfer_all(transfers, None);
+            // A name whose file is not in place as planned (its transfer
+            // failed, say) gets the data of its own instead.
+            let unlinked = self.run_batches(&links, true).stale;
+            self.transfer_all(unlinked, None);
+        }
+        if !finished {
+            finish();
+        }
+    }
+
+    /// Sets the final metadata of directories (`dirs`: those the plan
+    /// sets it of, and those created), deepest first. The rows settled
+    /// from here on stay pending for the end of the run (see
+    /// [`Run::holding`]).
+    fn finish_dirs(&self, mut dirs: Vec<&Item>) {
+        self.holding.store(true, Ordering::SeqCst);
+        dirs.sort_by_key(|item| std::cmp::Reverse(item.path.depth()));
+        let finishing: Vec<(&Item, Op)> = dirs
             .into_iter()
             .filter_map(|item| match &item.op {
                 Op::Mkdir { entry } | Op::SetMeta { entry, .. } => Some((
@@ -1798,35 +1856,6 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
-        // A far end takes messages in the order sent: the metadata asked
-        // for right behind the files' data is set once they are all in, and
-        // its answer comes back with theirs, a round trip sooner. Not when
-        // names are linked after, each to a file that must be in place, nor
-        // when content meant to be moved is sent instead (its old name is
-        // deleted after).
-        let behind_files = self.target.is_remote()
-            && links.is_empty()
-            && transfers.iter().all(|(_, leftover)| leftover.is_none());
-        let mut finished = false;
-        if behind_files {
-            finished = self.transfer_all(transfers, &finishing);
-        } else {
-            self.transfer_all(transfers, &[]);
-            // A name whose file is not in place as planned (its transfer
-            // failed, say) gets the data of its own instead.
-            let unlinked = self.run_batches(&links, true).stale;
-            self.transfer_all(unlinked, &[]);
-        }
-        if !finished {
-            self.finish_dirs(&finishing);
-        }
-    }
-
-    /// Sets the final metadata of directories (`finishing`). The rows
-    /// settled from here on stay pending for the end of the run (see
-    /// [`Run::holding`]).
-    fn finish_dirs(&self, finishing: &[(&Item, Op)]) {
-        self.holding.store(true, Ordering::SeqCst);
         for chunk in finishing.chunks(BATCH_OPS) {
             self.run_batch(chunk, false);
         }
@@ -1853,9 +1882,22 @@ impl Run<'_> {
 
     /// Sends one batch of operations to the target and settles each result.
     fn run_batch<'p>(&self, batch: &[(&'p Item, Op)], parallel: bool) -> BatchOutcome<'p> {
-        let mut outcome = BatchOutcome::default();
+        match self.start_batch(batch, parallel) {
+            Some(started) => self.end_batch(started),
+            None => BatchOutcome::default(),
+        }
+    }
+
+    /// Sends one batch of operations to the target, without waiting for
+    /// their results ([`Run::end_batch`] takes them in); `None` when
+    /// nothing was sent (nothing left to send, or the run stops).
+    fn start_batch<'p>(
+        &self,
+        batch: &[(&'p Item, Op)],
+        parallel: bool,
+    ) -> Option<StartedBatch<'p, 'r>> {
         if self.should_stop() {
-            return outcome;
+            return None;
         }
         let mut ready: Vec<(&'p Item, Op)> = Vec::with_capacity(batch.len());
         {
@@ -1889,12 +1931,26 @@ impl Run<'_> {
             }
         });
         if ready.is_empty() {
-            return outcome;
+            return None;
         }
         let xattrs = self.xattrs_for(&ready);
         let ops: Vec<(Op, Option<Xattrs>)> =
             ready.iter().map(|(_, op)| op.clone()).zip(xattrs).collect();
-        let results = match self.target.apply(&ops, parallel) {
+        match self.target.apply_later(&ops, parallel) {
+            Ok(results) => Some(StartedBatch { ready, results }),
+            Err(error) => {
+                self.fatal.lock().unwrap().get_or_insert(error);
+                None
+            }
+        }
+    }
+
+    /// Takes in the results of a batch [`Run::start_batch`] sent, and
+    /// settles each.
+    fn end_batch<'p>(&self, started: StartedBatch<'p, '_>) -> BatchOutcome<'p> {
+        let mut outcome = BatchOutcome::default();
+        let StartedBatch { ready, results } = started;
+        let results = match results() {
             Ok(results) => results,
             Err(error) => {
                 self.fatal.lock().unwrap().get_or_insert(error);
@@ -1932,9 +1988,9 @@ impl Run<'_> {
     /// whatever thread the target reports them from; they are settled here,
     /// on this thread, so settling (which writes to both endpoints) never
     /// runs inside an endpoint's own machinery. Once every file is sent,
-    /// the directories' metadata (`then`) is set while their results
-    /// come back; whether it was.
-    fn transfer_all(&self, transfers: Vec<Transfer>, then: &[(&Item, Op)]) -> bool {
+    /// `then` (the directories' metadata) runs while their results come
+    /// back; whether it did.
+    fn transfer_all(&self, transfers: Vec<Transfer>, then: Option<&(dyn Fn() + Sync)>) -> bool {
         if transfers.is_empty() || self.should_stop() {
             return false;
         }
@@ -2014,9 +2070,9 @@ impl Run<'_> {
                 let sent = self
                     .source
                     .send_files(jobs, &observed, self.xattrs, self.stop);
-                if sent.is_ok() && !then.is_empty() {
+                if let (Ok(()), Some(then)) = (&sent, then) {
                     ran_then = true;
-                    let dirs = scope.spawn(|| self.finish_dirs(then));
+                    let dirs = scope.spawn(then);
                     let waited = sink.wait();
                     let _ = dirs.join();
                     waited

@@ -130,6 +130,11 @@ pub enum SourceEnd {
 
 /// Where each received file's result goes: the job id, and what it left in
 /// the target's snapshot or why it failed.
+/// The results of operations sent and not waited for
+/// ([`Endpoint::apply_later`]).
+pub type LaterResults<'a> =
+    Box<dyn FnOnce() -> Result<Vec<Result<Applied, OpFailure>>, EndpointError> + Send + 'a>;
+
 pub type Done<'a> = Arc<dyn Fn(u64, Result<Applied, OpFailure>) + Send + Sync + 'a>;
 
 /// The receiving end of a file stream, on the target.
@@ -250,6 +255,19 @@ pub trait Endpoint: Send + Sync {
         ops: &[(Op, Option<Xattrs>)],
         parallel: bool,
     ) -> Result<Vec<Result<Applied, OpFailure>>, EndpointError>;
+
+    /// [`apply`](Self::apply), returning once the operations are on their
+    /// way: a far end carries them out before anything sent after, and
+    /// their results come when the returned function is called. A local
+    /// root carries them out at once.
+    fn apply_later(
+        &self,
+        ops: &[(Op, Option<Xattrs>)],
+        parallel: bool,
+    ) -> Result<LaterResults<'_>, EndpointError> {
+        let results = self.apply(ops, parallel);
+        Ok(Box::new(move || results))
+    }
 
     /// Records what the run is about to change, before it changes
     /// anything (each record goes once its path is settled, or the run

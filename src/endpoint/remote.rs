@@ -29,8 +29,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::wire::{write_whole, WireFileWriter};
 use super::{
-    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, OpFailure, RunEnd,
-    SessionRequest, SourceEnd,
+    Applied, Done, Endpoint, EndpointError, FileJob, FileSink, FileWriter, LaterResults, OpFailure,
+    RunEnd, SessionRequest, SourceEnd,
 };
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
@@ -1157,18 +1157,31 @@ impl Endpoint for RemoteEndpoint {
         ops: &[(Op, Option<Xattrs>)],
         parallel: bool,
     ) -> Result<Vec<Result<Applied, OpFailure>>, EndpointError> {
-        let reply = self.conn.call(Body::Apply {
+        self.apply_later(ops, parallel)?()
+    }
+
+    fn apply_later(
+        &self,
+        ops: &[(Op, Option<Xattrs>)],
+        parallel: bool,
+    ) -> Result<LaterResults<'_>, EndpointError> {
+        let count = ops.len();
+        let (call, answer) = self.conn.start_call(Body::Apply {
             ops: ops.to_vec(),
             parallel,
         })?;
-        let results = expect_reply!(reply, Body::Applied(results) => results)?;
-        if results.len() != ops.len() {
-            return Err(EndpointError::Refused(
-                "the far end answered for other operations; is it the same snapsync version?"
-                    .into(),
-            ));
-        }
-        Ok(results)
+        Ok(Box::new(move || {
+            let reply = self.conn.answer(call, &answer);
+            self.conn.settle()?;
+            let results = expect_reply!(reply?, Body::Applied(results) => results)?;
+            if results.len() != count {
+                return Err(EndpointError::Refused(
+                    "the far end answered for other operations; is it the same snapsync version?"
+                        .into(),
+                ));
+            }
+            Ok(results)
+        }))
     }
 
     fn record_pending(
