@@ -416,35 +416,45 @@ fn handshake_exchanges_root_ids_and_each_side_records_its_peer() {
     assert_eq!(peer(&dst), id(&src));
 }
 
+/// A far end reached through the shim, serving `far` (one file, `a.txt`),
+/// connected with `probe` and `scan` asked ahead.
+fn far_endpoint(
+    tmp: &Path,
+    transport: snapsync::endpoint::Transport,
+    probe: Option<snapsync::endpoint::SessionRequest>,
+    scan: Option<snapsync::changes::DiffOptions>,
+) -> snapsync::endpoint::RemoteEndpoint {
+    use snapsync::endpoint::{ConnectOptions, RemoteEndpoint, RemoteSpec};
+    let far = tmp.join("far");
+    fs::create_dir_all(&far).unwrap();
+    write(&far, "a.txt", b"a");
+    let connect = ConnectOptions {
+        rsh: rsh_shim(tmp).display().to_string(),
+        remote_command: bin().display().to_string(),
+        compress: false,
+        transport,
+        udp_ports: None,
+        probe,
+        scan,
+    };
+    let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
+    RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap()
+}
+
 /// The look at the far root a session starts with is asked on ssh right
 /// behind the handshake: opening with it sends nothing more. It is used
 /// once; asked again, or any other request, goes on the wire, and the far
 /// end's answer is the same.
 #[test]
 fn the_first_look_at_the_far_root_comes_with_the_handshake() {
-    use snapsync::endpoint::{
-        ConnectOptions, Endpoint, RemoteEndpoint, RemoteSpec, Role, Transport,
-    };
+    use snapsync::endpoint::{Endpoint, Role, Transport};
     let tmp = tempfile::tempdir().unwrap();
-    let far = tmp.path().join("far");
-    fs::create_dir(&far).unwrap();
-    write(&far, "a.txt", b"a");
     let probe = snapsync::endpoint::SessionRequest {
         probe: true,
         ..session_request("early", "push", Role::Target)
     };
     for transport in [Transport::Ssh, Transport::Auto] {
-        let connect = ConnectOptions {
-            rsh: rsh_shim(tmp.path()).display().to_string(),
-            remote_command: bin().display().to_string(),
-            compress: false,
-            transport,
-            udp_ports: None,
-            probe: Some(probe.clone()),
-            scan: None,
-        };
-        let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
-        let remote = RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap();
+        let remote = far_endpoint(tmp.path(), transport, Some(probe.clone()), None);
         let before = remote.wire_bytes();
         let early = remote.open_session(&probe).unwrap();
         assert_eq!(remote.wire_bytes(), before, "{transport:?}");
@@ -461,24 +471,14 @@ fn the_first_look_at_the_far_root_comes_with_the_handshake() {
 #[test]
 fn the_first_scan_is_asked_behind_the_open() {
     use snapsync::changes::DiffOptions;
-    use snapsync::endpoint::{
-        ConnectOptions, Endpoint, RemoteEndpoint, RemoteSpec, Role, Transport,
-    };
+    use snapsync::endpoint::{Endpoint, Role, Transport};
     let tmp = tempfile::tempdir().unwrap();
-    let far = tmp.path().join("far");
-    fs::create_dir(&far).unwrap();
-    write(&far, "a.txt", b"a");
-    let connect = ConnectOptions {
-        rsh: rsh_shim(tmp.path()).display().to_string(),
-        remote_command: bin().display().to_string(),
-        compress: false,
-        transport: Transport::Ssh,
-        udp_ports: None,
-        probe: None,
-        scan: Some(DiffOptions::default()),
-    };
-    let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
-    let remote = RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap();
+    let remote = far_endpoint(
+        tmp.path(),
+        Transport::Ssh,
+        None,
+        Some(DiffOptions::default()),
+    );
     remote
         .open_session(&session_request("early", "push", Role::Target))
         .unwrap();
