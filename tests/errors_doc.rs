@@ -865,6 +865,19 @@ fn a_bad_max_delete_value_is_a_documented_usage_error() {
 }
 
 #[test]
+fn continuous_mode_timings_that_are_not_whole_numbers_are_documented_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let out = common::push(&a, &b, &["-C", "--cooloff", "soon"]);
+    assert_code(&out, 2);
+    assert_documented_error(&out, "`{text}` is not a whole number of {unit}");
+    assert!(stderr(&out).contains("`soon` is not a whole number of milliseconds"));
+    let out = common::push(&a, &b, &["-C", "--scan-interval", "0"]);
+    assert_code(&out, 2);
+    assert_documented_error(&out, "`{text}`: the interval is 1 second at least");
+}
+
+#[test]
 fn a_config_file_key_error_is_documented() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config.toml");

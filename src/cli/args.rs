@@ -165,10 +165,10 @@ pub struct SyncArgs {
     #[arg(short = 'C', long, conflicts_with = "dry_run")]
     pub continuous: bool,
     /// Continuous mode: quiet time before a burst of changes is synced
-    #[arg(long, value_name = "MS", default_value_t = 10)]
+    #[arg(long, value_name = "MS", default_value_t = 10, value_parser = parse_cooloff)]
     pub cooloff: u64,
     /// Continuous mode: period of safety rescans (and of polling where watching is impossible)
-    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = parse_scan_interval)]
     pub scan_interval: u64,
 
     /// Exclude paths matching PAT (rules apply in order, first match wins)
@@ -423,6 +423,26 @@ pub struct CompletionsArgs {
 
 /// A size: bytes, or a number with `K`, `M` or `G` (powers of 1024; a
 /// trailing `B` or `iB` is allowed).
+/// A whole number of `unit`.
+fn parse_whole(text: &str, unit: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("`{text}` is not a whole number of {unit}"))
+}
+
+/// `--cooloff`: milliseconds.
+fn parse_cooloff(text: &str) -> Result<u64, String> {
+    parse_whole(text, "milliseconds")
+}
+
+/// `--scan-interval`: seconds, one at least.
+fn parse_scan_interval(text: &str) -> Result<u64, String> {
+    match parse_whole(text, "seconds")? {
+        0 => Err(format!("`{text}`: the interval is 1 second at least")),
+        seconds => Ok(seconds),
+    }
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let upper = trimmed.to_ascii_uppercase();
