@@ -497,3 +497,29 @@ fn the_first_scan_is_asked_behind_the_open() {
     assert!(remote.wire_bytes().0 > sent);
     assert_eq!(paths(&second), ["a.txt"]);
 }
+
+/// A far root given relative to where the far end starts (an ssh login's
+/// home): the session's log is recorded there by its absolute path, so
+/// `status` names it wherever it is run from.
+#[test]
+fn the_far_log_is_recorded_by_its_absolute_path() {
+    let remote = Remote::new();
+    let src = remote.path("src");
+    sample_tree(&src);
+    let out = remote
+        .command("push", &src, Path::new("dst"), &[])
+        .current_dir(remote.tmp.path())
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .arg(remote.path("dst"))
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    let sessions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = Path::new(sessions[0]["logs"].as_str().unwrap()).to_path_buf();
+    assert!(log.is_absolute(), "{}", log.display());
+    assert!(log.is_file(), "{}", log.display());
+}

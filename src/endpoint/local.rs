@@ -1435,7 +1435,11 @@ impl Endpoint for LocalEndpoint {
                 ));
             }
             log.line(&run_end_line(end));
-            db.set_fact("log", &log.path().display().to_string())?;
+            // By its absolute path: a root given relative to where this
+            // process runs (a far end's login directory) is not where
+            // `status` runs.
+            let path = std::path::absolute(log.path()).unwrap_or_else(|_| log.path().to_path_buf());
+            db.set_fact("log", &path.display().to_string())?;
         }
         db.set_fact("direction", &session.request.direction)?;
         db.set_fact("filters", &session.filters_line)?;
