@@ -669,6 +669,32 @@ fn ctrl_c_stops_a_remote_push_cleanly_although_the_far_end_hears_it_too() {
     interrupt_and_resume(true);
 }
 
+/// A second `^C` ends the run at once: the first lets the file in flight
+/// finish, here one that would take minutes more at the rate given (past
+/// `PATIENCE`, so waiting for it fails the test). Exit 130, the file not
+/// under its real name, and the next run sends it whole.
+#[test]
+fn a_second_ctrl_c_stops_at_once() {
+    let bed = Bed::new(0);
+    write(&bed.src(), "big.bin", &Rng::new(7).bytes(16 << 20));
+    let mut terminal =
+        Run::snapsync(bed.push_args(false, &["--progress", "--bwlimit", "64K"])).start();
+    terminal.wait_for_screen("the file under way", |screen| {
+        bar_on(screen).is_some_and(|bar| !bar.bytes.starts_with("0 B"))
+    });
+    terminal.ctrl_c();
+    std::thread::sleep(Duration::from_millis(300));
+    terminal.ctrl_c();
+    let (code, bytes) = terminal.finish();
+    assert_eq!(code, 130, "{}", String::from_utf8_lossy(&bytes));
+    assert!(!bed.dst().join("big.bin").exists());
+    let mut rerun = Command::new(bin());
+    rerun.args(bed.push_args(false, &["--json"]));
+    let out = run_bounded(rerun, PATIENCE);
+    assert_code(&out, 0);
+    assert_same_tree(&bed.src(), &bed.dst());
+}
+
 #[test]
 fn a_run_that_fails_midway_leaves_no_bar_behind() {
     // The far end dies in the middle of a transfer: the run ends in an

@@ -226,8 +226,19 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
         LocalEndpoint::new(local, args.state_dir.clone(), preserve).with_log_file(log_file);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
+        // The first asks the run to stop once the file in flight is in;
+        // a second, heard once the first is, ends the process at once
+        // (exit 130): the file in flight stays under its temporary name,
+        // which the next run removes, and the run's pending records say
+        // what it was about. Registered in this order, the shutdown looks
+        // at the flag before the flag is set.
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            EXIT_INTERRUPTED,
+            Arc::clone(&stop),
+        )
+        .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+        .map_err(|e| Failure::error(format!("cannot install signal handler: {e}")))?;
     }
     let printer = output::Printer::new(args, direction == Direction::Bidi, Arc::clone(&stop));
     let connect = || -> Result<Box<dyn Endpoint>, snapsync::endpoint::EndpointError> {
