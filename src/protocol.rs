@@ -95,10 +95,14 @@ pub enum Body {
         replace: bool,
     },
     Commit(Vec<SnapshotUpdate>),
-    /// The run's last rows (committed first) and how it ended.
+    /// The run's last rows (committed first) and how it ended. With
+    /// `last` (a one-time run), the session ends there: the far end lets
+    /// go of it (its lock, database and log) before it answers, so the
+    /// near end need not wait for ssh to end.
     Finish {
         rows: Vec<SnapshotUpdate>,
         end: RunEnd,
+        last: bool,
     },
     /// The far end is the source: stream these files back, tagged with
     /// this call, then [`Body::FilesDone`].

@@ -267,11 +267,19 @@ fn serve_session(
                     .commit(&updates)
                     .map_or_else(failed, |()| Body::Done),
             ),
-            Body::Finish { rows, end } => Some(
-                endpoint
-                    .finish(&rows, &end)
-                    .map_or_else(failed, |()| Body::Done),
-            ),
+            Body::Finish { rows, end, last } => Some(match endpoint.finish(&rows, &end) {
+                Ok(()) => {
+                    // The session's last message: let go of it before
+                    // answering, so that the peer, once answered, need
+                    // not wait for this process to end (which it does
+                    // when the peer closes ssh).
+                    if last {
+                        endpoint.end_session();
+                    }
+                    Body::Done
+                }
+                Err(e) => failed(e),
+            }),
             Body::Decisions => Some(endpoint.decisions().map_or_else(failed, Body::DecisionList)),
             Body::RemoveSentFiles(entries) => Some(
                 endpoint

@@ -417,12 +417,13 @@ fn handshake_exchanges_root_ids_and_each_side_records_its_peer() {
 }
 
 /// A far end reached through the shim, serving `far` (one file, `a.txt`),
-/// connected with `probe` and `scan` asked ahead.
+/// connected with `probe` and `scan` asked ahead, for one run or more.
 fn far_endpoint(
     tmp: &Path,
     transport: snapsync::endpoint::Transport,
     probe: Option<snapsync::endpoint::SessionRequest>,
     scan: Option<snapsync::changes::DiffOptions>,
+    one_run: bool,
 ) -> snapsync::endpoint::RemoteEndpoint {
     use snapsync::endpoint::{ConnectOptions, RemoteEndpoint, RemoteSpec};
     let far = tmp.join("far");
@@ -436,6 +437,7 @@ fn far_endpoint(
         udp_ports: None,
         probe,
         scan,
+        one_run,
     };
     let spec = RemoteSpec::parse(&format!("far.example:{}", far.display())).unwrap();
     RemoteEndpoint::connect(spec, &connect, Default::default()).unwrap()
@@ -454,7 +456,7 @@ fn the_first_look_at_the_far_root_comes_with_the_handshake() {
         ..session_request("early", "push", Role::Target)
     };
     for transport in [Transport::Ssh, Transport::Auto] {
-        let remote = far_endpoint(tmp.path(), transport, Some(probe.clone()), None);
+        let remote = far_endpoint(tmp.path(), transport, Some(probe.clone()), None, false);
         let before = remote.wire_bytes();
         let early = remote.open_session(&probe).unwrap();
         assert_eq!(remote.wire_bytes(), before, "{transport:?}");
@@ -478,6 +480,7 @@ fn the_first_scan_is_asked_behind_the_open() {
         Transport::Ssh,
         None,
         Some(DiffOptions::default()),
+        false,
     );
     remote
         .open_session(&session_request("early", "push", Role::Target))
@@ -496,6 +499,48 @@ fn the_first_scan_is_asked_behind_the_open() {
     let second = remote.scan(&checksum).unwrap();
     assert!(remote.wire_bytes().0 > sent);
     assert_eq!(paths(&second), ["a.txt"]);
+}
+
+/// A one-time run's `Finish` ends the session at the far end before it is
+/// answered: the session's lock is free while the far end still runs (so
+/// the near end need not wait for ssh to end). A session that carries
+/// more runs keeps its lock.
+#[test]
+fn a_one_time_runs_finish_lets_go_of_the_far_session() {
+    use snapsync::endpoint::{Endpoint, LocalEndpoint, Role, RunEnd, Transport};
+    for one_run in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let remote = far_endpoint(tmp.path(), Transport::Ssh, None, None, one_run);
+        let request = session_request("once", "push", Role::Target);
+        remote.open_session(&request).unwrap();
+        let end = RunEnd {
+            complete: true,
+            failures: Vec::new(),
+            started: "2026-11-26T00:00:00Z".into(),
+            summary: "{}".into(),
+            peer_root_id: None,
+            peer: "here".into(),
+            conflicts: Vec::new(),
+            examined: None,
+        };
+        remote.finish(&[], &end).unwrap();
+        let far_pid = fs::read_to_string(tmp.path().join("far.pid")).unwrap();
+        let far_alive = || Path::new("/proc").join(far_pid.trim()).exists();
+        assert!(far_alive(), "the far end runs until the near end goes");
+        let again = LocalEndpoint::new(tmp.path().join("far"), None, Default::default())
+            .open_session(&request);
+        match (one_run, again) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) => assert!(e.to_string().contains("already running"), "{e}"),
+            (one_run, other) => panic!("one run: {one_run}: {other:?}"),
+        }
+        drop(remote);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while far_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!far_alive(), "the far end ends with the near end");
+    }
 }
 
 /// A far root given relative to where the far end starts (an ssh login's

@@ -297,6 +297,7 @@ fn dirty_scan_through_serve_matches_a_full_scan() {
         udp_ports: None,
         probe: None,
         scan: None,
+        one_run: false,
     };
     let remote = RemoteEndpoint::connect(spec, &connect, Preserve::default()).unwrap();
     remote.open_session(&request(Role::Target)).unwrap();

@@ -18,7 +18,7 @@ pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SNAPSYNC_COMMIT"),
-    ", protocol 6)"
+    ", protocol 7)"
 );
 
 #[derive(Parser)]

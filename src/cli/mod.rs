@@ -256,6 +256,7 @@ fn sync(direction: Direction, args: &SyncArgs, matches: &clap::ArgMatches) -> Re
                         // Continuous mode may start with a scan of dirty
                         // paths (after a reconnect).
                         scan: (!args.continuous).then(|| options.diff.clone()),
+                        one_run: !args.continuous,
                     },
                     preserve,
                 )?;

@@ -241,6 +241,12 @@ impl LocalEndpoint {
         &self.root
     }
 
+    /// Lets go of the open session: its database, lock and log are closed
+    /// (a one-time run's far end, after its last `Finish`).
+    pub fn end_session(&self) {
+        self.session.lock().unwrap().take();
+    }
+
     fn with_session<T>(&self, f: impl FnOnce(&mut OpenSession) -> T) -> Result<T, EndpointError> {
         let mut guard = self.session.lock().unwrap();
         match guard.as_mut() {

@@ -92,6 +92,10 @@ pub struct ConnectOptions {
     /// right behind the session's `Open`, so that it is on its way while
     /// the open's answer is looked at, a round trip sooner.
     pub scan: Option<DiffOptions>,
+    /// The session carries one run: its `Finish` is its last message,
+    /// after which the far end lets go of the session, and ssh is not
+    /// waited for (a round trip sooner).
+    pub one_run: bool,
 }
 
 /// `--transport`: what carries the protocol once the far end is started.
@@ -354,6 +358,11 @@ pub struct RemoteEndpoint {
     first_scan: Mutex<Option<DiffOptions>>,
     /// The scan asked behind the open, until asked for.
     asked_scan: Mutex<Option<AskedScan>>,
+    /// [`ConnectOptions::one_run`].
+    one_run: bool,
+    /// The far end answered the run's last `Finish`: it has let go of the
+    /// session, and nothing is left to wait for.
+    let_go: AtomicBool,
 }
 
 /// A scan asked before it is wanted: its options (see [`scan_key`]), its
@@ -775,6 +784,8 @@ impl RemoteEndpoint {
             probed: Mutex::new(probed),
             first_scan: Mutex::new(options.scan.clone()),
             asked_scan: Mutex::new(None),
+            one_run: options.one_run,
+            let_go: AtomicBool::new(false),
         })
     }
 
@@ -839,13 +850,17 @@ impl Drop for RemoteEndpoint {
             channel.closer().close();
         }
         let mut child = self.child.lock().unwrap();
-        let ended = wait_briefly(&mut child).is_some();
+        // Once the far end has let go of the session, ssh's own end (a
+        // round trip: its input's end there, the far end's exit here) is
+        // not waited for; the far end ends as ssh goes.
+        let let_go = self.let_go.load(Ordering::SeqCst);
+        let ended = !let_go && wait_briefly(&mut child).is_some();
         if !ended {
             let _ = child.kill();
             let _ = child.wait();
         }
         if let Some(mut channel) = channel {
-            if ended {
+            if ended || let_go {
                 // The far end has gone: nobody is left to hear the close.
                 channel.linger(false);
             }
@@ -1230,8 +1245,11 @@ impl Endpoint for RemoteEndpoint {
         let reply = self.conn.call(Body::Finish {
             rows: rows.to_vec(),
             end: end.clone(),
+            last: self.one_run,
         })?;
-        expect_reply!(reply, Body::Done => ())
+        expect_reply!(reply, Body::Done => ())?;
+        self.let_go.store(self.one_run, Ordering::SeqCst);
+        Ok(())
     }
 }
 
