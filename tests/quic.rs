@@ -388,7 +388,8 @@ fn clients_with_a_wrong_token_or_certificate_are_refused_and_the_session_goes_on
     // does not wait for the far end's word before it writes).
     let mut guessed = offer.clone();
     guessed.token[0] ^= 1;
-    let intruder = data_channel::connect(&at, &guessed, limit).expect("the handshake succeeds");
+    let intruder =
+        data_channel::connect(&at, &guessed, limit, None).expect("the handshake succeeds");
     let (mut intruder_reader, _intruder_writer, _intruder_guard) = intruder.split();
     let refused = std::io::Read::read(&mut intruder_reader, &mut [0u8; 8])
         .expect_err("a wrong token was let in");
@@ -402,7 +403,7 @@ fn clients_with_a_wrong_token_or_certificate_are_refused_and_the_session_goes_on
     // answered at that port) gets no channel either.
     let mut other_cert = offer.clone();
     other_cert.fingerprint = vec![0xee; FINGERPRINT_LEN];
-    match data_channel::connect(&at, &other_cert, limit) {
+    match data_channel::connect(&at, &other_cert, limit, None) {
         Err(DataChannelError::Refused(why)) => assert!(why.contains("certificate"), "{why}"),
         Err(other) => panic!("not refused: {other}"),
         Ok(_) => panic!("the wrong certificate was accepted"),
@@ -410,7 +411,8 @@ fn clients_with_a_wrong_token_or_certificate_are_refused_and_the_session_goes_on
 
     // The session's own client still gets in, and the session goes on
     // over the channel.
-    let channel = data_channel::connect(&at, &offer, limit).expect("the right client gets in");
+    let channel =
+        data_channel::connect(&at, &offer, limit, None).expect("the right client gets in");
     send(&mut far.to, 1, Body::UseDataChannel(true));
     let (mut reader, writer, _guard) = channel.split();
     let mut writer = BufWriter::new(writer);
@@ -435,7 +437,7 @@ fn clients_with_a_wrong_token_or_certificate_are_refused_and_the_session_goes_on
     }
 
     // A latecomer with the right token finds nobody listening for it.
-    assert!(data_channel::connect(&at, &offer, Duration::from_millis(800)).is_err());
+    assert!(data_channel::connect(&at, &offer, Duration::from_millis(800), None).is_err());
 
     // Closing ssh ends the far end, and the channel with it.
     drop(far.to);

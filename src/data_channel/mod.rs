@@ -73,6 +73,12 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keeps an idle continuous session's path (and NAT bindings) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The handshake's first guess of the round trip, before a sample, is
+/// the measured one, within these bounds (quinn's own guess, without a
+/// measure, is the upper bound: then a lost handshake packet waits about
+/// a second for its resend).
+const FIRST_RTT_MIN: Duration = Duration::from_millis(10);
+const FIRST_RTT_MAX: Duration = Duration::from_millis(333);
 /// The far end stops listening this long after it offered the channel,
 /// whether or not the near end has come.
 const LISTEN_LIMIT: Duration = Duration::from_secs(30);
@@ -216,9 +222,13 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The transport settings both ends use: BBR, whose sending rate follows
 /// the measured bottleneck instead of halving at each loss, and windows
-/// sized for a long fat link.
-fn transport_config(server: bool) -> quinn::TransportConfig {
+/// sized for a long fat link. `first_rtt`: what the handshake takes the
+/// round trip to be before it measures it (see [`first_rtt`]).
+fn transport_config(server: bool, first_rtt: Option<Duration>) -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
+    if let Some(rtt) = first_rtt {
+        config.initial_rtt(rtt.clamp(FIRST_RTT_MIN, FIRST_RTT_MAX));
+    }
     config
         .congestion_controller_factory(Arc::new(congestion::CappedBbrConfig::default()))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
@@ -235,6 +245,18 @@ fn transport_config(server: bool) -> quinn::TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(None);
     config
+}
+
+/// The near end's guess of the round trip from how long the ssh login
+/// took (`login`: from starting ssh to the far end's first answer): an
+/// OpenSSH login is a dozen round trips or more (TCP, banners, key
+/// exchange, service, authentication, channel, command) plus some CPU, so
+/// a tenth of it is the round trip or a little more. Guessed short (a
+/// multiplexed ssh connection logs in at once), the handshake's first
+/// packet is resent early, a packet of 1,200 bytes; guessed long, a lost
+/// one waits three times the guess.
+pub fn first_rtt(login: Duration) -> Duration {
+    (login / 10).clamp(FIRST_RTT_MIN, FIRST_RTT_MAX)
 }
 
 /// A fresh self-signed certificate and its key, for one session.
@@ -260,7 +282,7 @@ fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| setup(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(true)));
+    config.transport_config(Arc::new(transport_config(true, None)));
     Ok(config)
 }
 
@@ -325,7 +347,10 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-fn client_config(pinned: &[u8]) -> Result<quinn::ClientConfig, DataChannelError> {
+fn client_config(
+    pinned: &[u8],
+    first_rtt: Option<Duration>,
+) -> Result<quinn::ClientConfig, DataChannelError> {
     let setup = |e: &dyn std::fmt::Display| DataChannelError::Setup(e.to_string());
     let provider = provider();
     let verifier = PinnedCertificate {
@@ -341,7 +366,7 @@ fn client_config(pinned: &[u8]) -> Result<quinn::ClientConfig, DataChannelError>
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(false)));
+    config.transport_config(Arc::new(transport_config(false, first_rtt)));
     Ok(config)
 }
 
@@ -410,7 +435,7 @@ impl Listener {
             let _inside = runtime.handle.enter();
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
-                Some(config),
+                Some(config.clone()),
                 socket,
                 Arc::new(quinn::TokioRuntime),
             )
@@ -419,7 +444,7 @@ impl Listener {
         let slot: SharedSlot = Arc::default();
         runtime
             .handle
-            .spawn(listen(endpoint.clone(), token, Arc::clone(&slot)));
+            .spawn(listen(endpoint.clone(), config, token, Arc::clone(&slot)));
         Ok(Listener {
             offer,
             slot,
@@ -467,17 +492,33 @@ impl Drop for Listener {
 }
 
 /// Accepts connections until one presents the token, or for at most
-/// [`LISTEN_LIMIT`]; then stops listening.
-async fn listen(endpoint: quinn::Endpoint, token: Vec<u8>, slot: SharedSlot) {
-    let deadline = tokio::time::Instant::now() + LISTEN_LIMIT;
+/// [`LISTEN_LIMIT`]; then stops listening. The offer went out as the
+/// listener opened: the client's first packet comes about a round trip
+/// after, which is the handshake's first guess of it (`config`, the
+/// server's settings, with that guess).
+async fn listen(
+    endpoint: quinn::Endpoint,
+    config: quinn::ServerConfig,
+    token: Vec<u8>,
+    slot: SharedSlot,
+) {
+    let opened = tokio::time::Instant::now();
+    let deadline = opened + LISTEN_LIMIT;
     let token = Arc::new(token);
     while let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, endpoint.accept()).await {
         if slot.0.lock().unwrap().claimed {
             incoming.refuse();
             continue;
         }
+        let mut config = config.clone();
+        config.transport_config(Arc::new(transport_config(true, Some(opened.elapsed()))));
+        let connecting = match incoming.accept_with(Arc::new(config)) {
+            Ok(connecting) => connecting,
+            // quinn has closed it.
+            Err(_) => continue,
+        };
         tokio::spawn(check_client(
-            incoming,
+            connecting,
             Arc::clone(&token),
             Arc::clone(&slot),
             endpoint.clone(),
@@ -489,13 +530,13 @@ async fn listen(endpoint: quinn::Endpoint, token: Vec<u8>, slot: SharedSlot) {
 /// Lets one client in if it presents the token first on its stream; any
 /// other is closed with [`REFUSED`].
 async fn check_client(
-    incoming: quinn::Incoming,
+    connecting: quinn::Connecting,
     token: Arc<Vec<u8>>,
     slot: SharedSlot,
     endpoint: quinn::Endpoint,
 ) {
     let checked = tokio::time::timeout(TOKEN_LIMIT, async {
-        let connection = incoming.await.ok()?;
+        let connection = connecting.await.ok()?;
         let (send, mut recv) = match connection.accept_bi().await {
             Ok(stream) => stream,
             Err(_) => return Some((connection, None)),
@@ -536,10 +577,13 @@ async fn check_client(
 /// The near end's side: connects to the far end at any of `addresses`
 /// (tried at once; the first that gets through wins), accepting only the
 /// offered certificate, and presents the token. Gives up after `limit`.
+/// `first_rtt`: the round trip as guessed before the handshake measures
+/// it (see [`first_rtt`]); quinn's 333 ms when `None`.
 pub fn connect(
     addresses: &[SocketAddr],
     offer: &Offer,
     limit: Duration,
+    first_rtt: Option<Duration>,
 ) -> Result<Channel, DataChannelError> {
     if offer.fingerprint.len() != FINGERPRINT_LEN || offer.token.len() != TOKEN_LEN {
         return Err(DataChannelError::BadOffer(format!(
@@ -552,7 +596,7 @@ pub fn connect(
         return Err(DataChannelError::Failed("no address to connect to".into()));
     }
     let runtime = Runtime::start()?;
-    let config = client_config(&offer.fingerprint)?;
+    let config = client_config(&offer.fingerprint, first_rtt)?;
     let endpoint = {
         let _inside = runtime.handle.enter();
         let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
@@ -877,6 +921,16 @@ impl Drop for ChannelGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_round_trip_is_a_tenth_of_the_login_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(first_rtt(ms(1500)), ms(150));
+        // A multiplexed login, or a LAN: never below the floor.
+        assert_eq!(first_rtt(ms(20)), FIRST_RTT_MIN);
+        // A slow login (a password typed, a satellite): quinn's own guess.
+        assert_eq!(first_rtt(Duration::from_secs(30)), FIRST_RTT_MAX);
+    }
 
     #[test]
     fn port_ranges_parse() {

@@ -380,6 +380,8 @@ struct Setup {
     reader: BufReader<Box<dyn Read + Send>>,
     /// Calls made so far (the connection numbers on from here).
     calls: u64,
+    /// When ssh was started (see [`data_channel::first_rtt`]).
+    started: Instant,
 }
 
 impl Setup {
@@ -445,10 +447,12 @@ impl Setup {
             Ok(other) => return Err(unexpected(&other)),
             Err(e) => return Err(setup_lost(e)),
         };
+        let first_rtt = data_channel::first_rtt(self.started.elapsed());
         let connected = data_addresses(host, offer.port)
             .map_err(|e| format!("cannot resolve {}: {e}", host_name(host)))
             .and_then(|addresses| {
-                data_channel::connect(&addresses, &offer, limit).map_err(|e| e.to_string())
+                data_channel::connect(&addresses, &offer, limit, Some(first_rtt))
+                    .map_err(|e| e.to_string())
             })
             .map_err(|why| format!("UDP port {}: {why}", offer.port));
         self.tell(Body::UseDataChannel(connected.is_ok()))
@@ -519,6 +523,7 @@ impl RemoteEndpoint {
                 Ok(())
             });
         }
+        let started = Instant::now();
         let mut child = command
             .args(args)
             .arg(&spec.host)
@@ -540,6 +545,7 @@ impl RemoteEndpoint {
             writer: BufWriter::with_capacity(BUFFER, stdin),
             reader: BufReader::with_capacity(BUFFER, stdout),
             calls: 0,
+            started,
         };
 
         let hello = Body::Hello {
@@ -713,6 +719,7 @@ impl RemoteEndpoint {
             writer,
             reader,
             calls,
+            ..
         } = setup;
         let (writer, reader, ssh_input, guard, data_address) = match channel {
             None => (writer, reader, None, None, None),
