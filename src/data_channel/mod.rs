@@ -977,7 +977,8 @@ mod tests {
         let far = std::thread::spawn(move || {
             echo_once(listener.accepted(Duration::from_secs(10)).unwrap())
         });
-        let channel = connect(&localhost(offer.port), &offer, Duration::from_secs(5)).unwrap();
+        let channel =
+            connect(&localhost(offer.port), &offer, Duration::from_secs(5), None).unwrap();
         let (mut reader, mut writer, guard) = channel.split();
         writer.write_all(b"hello").unwrap();
         let mut back = [0u8; 5];
@@ -1000,8 +1001,13 @@ mod tests {
         // first read.
         let mut wrong_token = offer.clone();
         wrong_token.token = vec![7u8; TOKEN_LEN];
-        let channel = connect(&localhost(offer.port), &wrong_token, Duration::from_secs(5))
-            .expect("the handshake itself succeeds");
+        let channel = connect(
+            &localhost(offer.port),
+            &wrong_token,
+            Duration::from_secs(5),
+            None,
+        )
+        .expect("the handshake itself succeeds");
         let (mut reader, _writer, _guard) = channel.split();
         let refused = reader
             .read(&mut [0u8; 5])
@@ -1011,7 +1017,12 @@ mod tests {
 
         let mut wrong_cert = offer.clone();
         wrong_cert.fingerprint = vec![0u8; FINGERPRINT_LEN];
-        match connect(&localhost(offer.port), &wrong_cert, Duration::from_secs(5)) {
+        match connect(
+            &localhost(offer.port),
+            &wrong_cert,
+            Duration::from_secs(5),
+            None,
+        ) {
             Err(DataChannelError::Refused(why)) => {
                 assert!(why.contains("certificate"), "{why}")
             }
@@ -1019,7 +1030,8 @@ mod tests {
             Ok(_) => panic!("another certificate was accepted"),
         }
 
-        let channel = connect(&localhost(offer.port), &offer, Duration::from_secs(5)).unwrap();
+        let channel =
+            connect(&localhost(offer.port), &offer, Duration::from_secs(5), None).unwrap();
         let (mut reader, mut writer, _guard) = channel.split();
         writer.write_all(b"again").unwrap();
         let mut back = [0u8; 5];
@@ -1043,7 +1055,7 @@ mod tests {
             token: vec![0; TOKEN_LEN],
         };
         let started = Instant::now();
-        let result = connect(&localhost(port), &offer, Duration::from_millis(500));
+        let result = connect(&localhost(port), &offer, Duration::from_millis(500), None);
         assert!(matches!(result, Err(DataChannelError::TimedOut(_))));
         assert!(started.elapsed() < Duration::from_secs(3));
     }
