@@ -306,6 +306,55 @@ fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
     );
 }
 
+/// A far end that dies mid-push is reported as soon as the next file
+/// would go to it: the files left are not read for nobody. At the rate
+/// given, reading them (even one paced block each) would take well over
+/// the minute the test waits; the run is over in moments.
+#[test]
+fn a_far_end_that_dies_mid_push_is_reported_without_reading_the_files_left() {
+    let r = Remote::with_shim("#!/bin/sh\nshift\necho $$ > \"$FAR_PID_FILE\"\nexec \"$@\"\n");
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    for i in 0..400 {
+        write(&src, &format!("f{i:03}.bin"), &Rng::new(i).bytes(64 << 10));
+    }
+    let pid_file = r.path("far.pid");
+    let mut child = r
+        .command("push", &src, &dst, &["--bwlimit", "256K"])
+        .env("FAR_PID_FILE", &pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_dir(&dst).map_or(0, |d| d.flatten().count()) < 3 {
+        assert!(Instant::now() < deadline, "no file arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: sends SIGKILL to the far end this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run went on reading the files left for a far end that is gone");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("lost the connection"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
     if unsafe { libc::geteuid() } != 0 {

@@ -698,9 +698,7 @@ fn a_second_ctrl_c_stops_at_once() {
 #[test]
 fn a_run_that_fails_midway_leaves_no_bar_behind() {
     // The far end dies in the middle of a transfer: the run ends in an
-    // error, which must not be printed after a half-drawn bar. (The near
-    // end reads the rest of the files before it reports the loss, so the
-    // transfer is kept short.)
+    // error, which must not be printed after a half-drawn bar.
     let bed = Bed::new(40);
     let mut terminal =
         Run::snapsync(bed.push_args(true, &["--progress", "--bwlimit", "96K"])).start();

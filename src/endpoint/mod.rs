@@ -140,7 +140,7 @@ pub type Done<'a> = Arc<dyn Fn(u64, Result<Applied, OpFailure>) + Send + Sync + 
 /// The receiving end of a file stream, on the target.
 pub trait FileSink: Send + Sync {
     /// Starts a file. `None` when the target cannot take it (the failure has
-    /// been reported through the sink's `Done`).
+    /// been reported through the sink's `Done`), or is gone (`wait` says so).
     fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>>;
     /// Waits until every opened file has been reported.
     fn wait(&self) -> Result<(), EndpointError>;

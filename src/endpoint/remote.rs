@@ -1423,6 +1423,11 @@ impl RemoteSink<'_> {
 
 impl FileSink for RemoteSink<'_> {
     fn open(&self, job: &FileJob) -> Option<Box<dyn FileWriter + '_>> {
+        // Once the far end is gone, no file is read for it: the source
+        // moves on at once, and `wait` reports the loss.
+        if self.conn.ended.lock().unwrap().is_some() {
+            return None;
+        }
         let _ = self.drain(false);
         self.opened.fetch_add(1, Ordering::SeqCst);
         let conn = self.conn;
