@@ -355,6 +355,52 @@ fn a_far_end_that_dies_mid_push_is_reported_without_reading_the_files_left() {
     );
 }
 
+/// A stopped pull (SIGINT) waits only for what it has asked for ahead,
+/// about a second's worth at the rate files arrive, and not for four
+/// chunks of up to 16 MiB each: at the rate given here, those would be all
+/// the files there are, and the stop would wait for every one.
+#[test]
+fn a_stopped_pull_waits_for_what_it_asked_ahead_not_for_every_file() {
+    let r = Remote::new();
+    let (far, near) = (r.path("far"), r.path("near"));
+    for i in 0..100 {
+        write(&far, &format!("f{i:03}.bin"), &Rng::new(i).bytes(256 << 10));
+    }
+    let arrived = || {
+        fs::read_dir(&near).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
+                .count()
+        })
+    };
+    let mut child = r
+        .command("pull", &near, &far, &["--bwlimit", "1M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrived() < 2 {
+        assert!(Instant::now() < deadline, "no file arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: sends SIGINT to the run this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the stopped pull did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 130);
+    let arrived = arrived();
+    assert!(arrived < 60, "{arrived} of 100 files arrived");
+}
+
 #[test]
 fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
     if unsafe { libc::geteuid() } != 0 {

@@ -1102,19 +1102,28 @@ impl Endpoint for RemoteEndpoint {
         let forget = |call: u64| {
             self.conn.calls.lock().unwrap().remove(&call);
         };
-        let chunks = pull_chunks(&jobs);
-        type Asked<'j> = Result<(u64, Receiver<Body>, &'j [FileJob]), EndpointError>;
+        let rate = Mutex::new(PullRate {
+            last: None,
+            rates: std::collections::VecDeque::new(),
+        });
+        type Asked<'j> = Result<(u64, Receiver<Body>, &'j [FileJob], Instant), EndpointError>;
         let (asked_tx, asked_rx) = unbounded::<Asked>();
         let (permit_tx, permit_rx) = bounded::<()>(PULL_AHEAD);
         for _ in 0..PULL_AHEAD {
             let _ = permit_tx.send(());
         }
+        let rate = &rate;
+        let jobs = &jobs;
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                for chunk in chunks {
+                let mut start = 0;
+                while start < jobs.len() {
                     if permit_rx.recv().is_err() || stop.load(Ordering::SeqCst) {
                         break;
                     }
+                    let bytes = pull_chunk_bytes(rate.lock().unwrap().rate());
+                    let chunk = pull_chunk(jobs, start, bytes);
+                    start += chunk.len();
                     let asked = self
                         .conn
                         .start_call(Body::SendFiles {
@@ -1122,7 +1131,7 @@ impl Endpoint for RemoteEndpoint {
                             xattrs,
                             compress: self.compress,
                         })
-                        .map(|(call, rx)| (call, rx, chunk));
+                        .map(|(call, rx)| (call, rx, chunk, Instant::now()));
                     let failed = asked.is_err();
                     if asked_tx.send(asked).is_err() || failed {
                         break;
@@ -1132,7 +1141,7 @@ impl Endpoint for RemoteEndpoint {
             let mut permits = Some(permit_tx);
             let mut result = Ok(());
             for asked in asked_rx {
-                let (call, rx, chunk) = match asked {
+                let (call, rx, chunk, asked_at) = match asked {
                     Ok(asked) => asked,
                     Err(error) => {
                         result = result.and(Err(error));
@@ -1148,6 +1157,8 @@ impl Endpoint for RemoteEndpoint {
                 forget(call);
                 match received {
                     Ok(()) => {
+                        let bytes = chunk.iter().map(|j| j.entry.size).sum();
+                        rate.lock().unwrap().arrived(bytes, asked_at);
                         if let Some(permits) = &permits {
                             let _ = permits.send(());
                         }
@@ -1262,29 +1273,69 @@ impl Endpoint for RemoteEndpoint {
 
 /// A pull asks for at most this many files in one `SendFiles`...
 const PULL_CHUNK_FILES: usize = 1000;
-/// ... and for at most this much data (or one file), so that what is asked
-/// and not yet arrived stays bounded, and so does the time a stop waits.
+/// ... and for about this much data (or one file): a share of
+/// [`PULL_AHEAD_TIME`] at the rate the last chunks arrived, within these
+/// bounds, and [`PULL_FIRST_CHUNK`] before any has. What is asked and not
+/// yet arrived (a chunk, once asked, comes whole) is then about a second's
+/// worth however fast the link, and so is what a stop waits for.
+const PULL_CHUNK_MIN: u64 = 1 << 20;
 const PULL_CHUNK_BYTES: u64 = 16 << 20;
+const PULL_FIRST_CHUNK: u64 = 2 << 20;
+const PULL_AHEAD_TIME: Duration = Duration::from_secs(1);
 /// Chunks asked for at once: several round trips' worth of small files.
 const PULL_AHEAD: usize = 4;
+/// Chunks whose rates the next chunk's size follows (the best of them).
+const PULL_RATES: usize = 4;
 
-/// `jobs` cut into the chunks a pull asks for.
-fn pull_chunks(jobs: &[FileJob]) -> Vec<&[FileJob]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, job) in jobs.iter().enumerate() {
-        let full = i - start >= PULL_CHUNK_FILES
-            || (i > start && bytes.saturating_add(job.entry.size) > PULL_CHUNK_BYTES);
-        if full {
-            chunks.push(&jobs[start..i]);
-            (start, bytes) = (i, 0);
+/// The data the next chunk asks for, at `rate` (bytes per second, as the
+/// last chunks arrived; `None` before one has).
+fn pull_chunk_bytes(rate: Option<f64>) -> u64 {
+    match rate {
+        None => PULL_FIRST_CHUNK,
+        Some(rate) => ((rate * PULL_AHEAD_TIME.as_secs_f64() / PULL_AHEAD as f64) as u64)
+            .clamp(PULL_CHUNK_MIN, PULL_CHUNK_BYTES),
+    }
+}
+
+/// The next chunk of `jobs` from `start`: at most [`PULL_CHUNK_FILES`]
+/// files and `bytes` of data, or one file.
+fn pull_chunk(jobs: &[FileJob], start: usize, bytes: u64) -> &[FileJob] {
+    let mut total = 0u64;
+    let mut end = start;
+    for job in jobs.iter().skip(start).take(PULL_CHUNK_FILES) {
+        total = total.saturating_add(job.entry.size);
+        if end > start && total > bytes {
+            break;
         }
-        bytes = bytes.saturating_add(job.entry.size);
+        end += 1;
     }
-    if start < jobs.len() {
-        chunks.push(&jobs[start..]);
+    &jobs[start..end]
+}
+
+/// How fast a pull's chunks arrive: each chunk's data over the time from
+/// its asking, or the last chunk's arrival if later, to its own.
+struct PullRate {
+    last: Option<Instant>,
+    rates: std::collections::VecDeque<f64>,
+}
+
+impl PullRate {
+    fn arrived(&mut self, bytes: u64, asked: Instant) {
+        let now = Instant::now();
+        let since = self.last.map_or(asked, |last| last.max(asked));
+        self.last = Some(now);
+        let took = now.saturating_duration_since(since).as_secs_f64();
+        if took > 0.0 {
+            if self.rates.len() == PULL_RATES {
+                self.rates.pop_front();
+            }
+            self.rates.push_back(bytes as f64 / took);
+        }
     }
-    chunks
+
+    fn rate(&self) -> Option<f64> {
+        self.rates.iter().copied().reduce(f64::max)
+    }
 }
 
 /// Feeds one `SendFiles` stream into `sink`. Only files that were asked
@@ -1486,14 +1537,43 @@ mod tests {
 
     #[test]
     fn pulls_are_asked_in_chunks_bounded_by_count_and_bytes() {
-        let lens = |jobs: &[FileJob]| -> Vec<usize> {
-            pull_chunks(jobs).iter().map(|c| c.len()).collect()
+        let lens = |jobs: &[FileJob], bytes: u64| -> Vec<usize> {
+            let mut lens = Vec::new();
+            let mut start = 0;
+            while start < jobs.len() {
+                let chunk = pull_chunk(jobs, start, bytes);
+                start += chunk.len();
+                lens.push(chunk.len());
+            }
+            lens
         };
-        assert_eq!(lens(&jobs(&[1; 2500])), [1000, 1000, 500]);
         let big = PULL_CHUNK_BYTES;
-        assert_eq!(lens(&jobs(&[big, big, 1, 1])), [1, 1, 2]);
-        assert_eq!(lens(&jobs(&[big / 2, big / 2, big / 2])), [2, 1]);
-        assert!(lens(&jobs(&[])).is_empty());
+        assert_eq!(lens(&jobs(&[1; 2500]), big), [1000, 1000, 500]);
+        assert_eq!(lens(&jobs(&[big, big, 1, 1]), big), [1, 1, 2]);
+        assert_eq!(lens(&jobs(&[big / 2, big / 2, big / 2]), big), [2, 1]);
+        assert_eq!(lens(&jobs(&[10; 6]), 25), [2, 2, 2]);
+        assert!(lens(&jobs(&[]), big).is_empty());
+    }
+
+    #[test]
+    fn a_pulls_chunks_are_a_share_of_a_second_at_the_rate_they_arrive() {
+        assert_eq!(pull_chunk_bytes(None), PULL_FIRST_CHUNK);
+        // 25 MB/s (200 Mbit/s): four chunks ahead are a second's worth.
+        assert_eq!(pull_chunk_bytes(Some(25e6)), 6_250_000);
+        assert_eq!(pull_chunk_bytes(Some(1e3)), PULL_CHUNK_MIN);
+        assert_eq!(pull_chunk_bytes(Some(1e10)), PULL_CHUNK_BYTES);
+        // The best of the last few chunks' rates: a slow chunk does not
+        // shrink the next, until the fast ones are forgotten.
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        let mut rate = PullRate {
+            last: Some(long_ago),
+            rates: std::collections::VecDeque::from([4e6, 1e6, 1e6, 1e6]),
+        };
+        assert_eq!(rate.rate(), Some(4e6));
+        rate.arrived(10, long_ago);
+        assert_eq!(rate.rates.len(), PULL_RATES);
+        assert!(rate.rates[3] <= 1.0, "{:?}", rate.rates);
+        assert_eq!(rate.rate(), Some(1e6));
     }
 
     #[test]
