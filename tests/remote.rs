@@ -237,45 +237,82 @@ fn far_end_closing_during_handshake_is_an_error() {
     assert!(stderr(&out).contains("handshake"), "{}", stderr(&out));
 }
 
-#[test]
-fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
-    // The shim records the far end's pid (exec keeps it).
-    let r = Remote::with_shim("#!/bin/sh\nshift\necho $$ > \"$FAR_PID_FILE\"\nexec \"$@\"\n");
-    let (src, dst) = (r.path("src"), r.path("dst"));
-    for i in 0..40 {
-        write(&src, &format!("f{i:02}.bin"), &big_file(4 << 20, i));
+/// The files named `f…` in `dir` (none while it does not exist).
+fn files_in(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
+            .count()
+    })
+}
+
+/// Waits until `done`, for 30 s at most (`what` names it on failure).
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The output of `child` once it ends, within `limit`; else it is killed
+/// and the test fails with `why`.
+fn ended_within(mut child: std::process::Child, limit: Duration, why: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Sends `signal` to process `pid`, which the test started.
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: a signal to a process of this test's; no memory involved.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// A push from `src` to `dst` with `extra` whose far end (its pid noted by
+/// the shim, which `Remote` must have) is killed once three files are in.
+fn push_and_kill_the_far_end(
+    r: &Remote,
+    src: &Path,
+    dst: &Path,
+    extra: &[&str],
+) -> std::process::Child {
     let pid_file = r.path("far.pid");
     let child = r
-        .command("push", &src, &dst, &["--json"])
+        .command("push", src, dst, extra)
         .env("FAR_PID_FILE", &pid_file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the far end once some files have arrived.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let arrived = fs::read_dir(&dst)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
-                    .count()
-            })
-            .unwrap_or(0);
-        if arrived >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no file arrived");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("no file arrived", || files_in(dst) >= 3);
     let pid: i32 = fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: sends SIGKILL to the far end this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    signal(pid, libc::SIGKILL);
+    child
+}
+
+/// A shim that notes the far end's pid in `$FAR_PID_FILE` (exec keeps it).
+const PID_SHIM: &str = "#!/bin/sh\nshift\necho $$ > \"$FAR_PID_FILE\"\nexec \"$@\"\n";
+
+#[test]
+fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
+    let r = Remote::with_shim(PID_SHIM);
+    let (src, dst) = (r.path("src"), r.path("dst"));
+    for i in 0..40 {
+        write(&src, &format!("f{i:02}.bin"), &big_file(4 << 20, i));
+    }
+    let child = push_and_kill_the_far_end(&r, &src, &dst, &["--json"]);
     let out = child.wait_with_output().unwrap();
     assert_code(&out, 1);
     assert!(stderr(&out).contains("connection"), "{}", stderr(&out));
@@ -312,41 +349,17 @@ fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
 /// the minute the test waits; the run is over in moments.
 #[test]
 fn a_far_end_that_dies_mid_push_is_reported_without_reading_the_files_left() {
-    let r = Remote::with_shim("#!/bin/sh\nshift\necho $$ > \"$FAR_PID_FILE\"\nexec \"$@\"\n");
+    let r = Remote::with_shim(PID_SHIM);
     let (src, dst) = (r.path("src"), r.path("dst"));
     for i in 0..400 {
         write(&src, &format!("f{i:03}.bin"), &Rng::new(i).bytes(64 << 10));
     }
-    let pid_file = r.path("far.pid");
-    let mut child = r
-        .command("push", &src, &dst, &["--bwlimit", "256K"])
-        .env("FAR_PID_FILE", &pid_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::read_dir(&dst).map_or(0, |d| d.flatten().count()) < 3 {
-        assert!(Instant::now() < deadline, "no file arrived");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid: i32 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: sends SIGKILL to the far end this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the run went on reading the files left for a far end that is gone");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let child = push_and_kill_the_far_end(&r, &src, &dst, &["--bwlimit", "256K"]);
+    let out = ended_within(
+        child,
+        Duration::from_secs(60),
+        "the run went on reading the files left for a far end that is gone",
+    );
     assert_code(&out, 1);
     assert!(
         stderr(&out).contains("lost the connection"),
@@ -366,38 +379,21 @@ fn a_stopped_pull_waits_for_what_it_asked_ahead_not_for_every_file() {
     for i in 0..100 {
         write(&far, &format!("f{i:03}.bin"), &Rng::new(i).bytes(256 << 10));
     }
-    let arrived = || {
-        fs::read_dir(&near).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with('f'))
-                .count()
-        })
-    };
-    let mut child = r
+    let child = r
         .command("pull", &near, &far, &["--bwlimit", "1M"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while arrived() < 2 {
-        assert!(Instant::now() < deadline, "no file arrived");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // SAFETY: sends SIGINT to the run this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the stopped pull did not end");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    wait_until("no file arrived", || files_in(&near) >= 2);
+    signal(child.id() as i32, libc::SIGINT);
+    let out = ended_within(
+        child,
+        Duration::from_secs(120),
+        "the stopped pull did not end",
+    );
     assert_code(&out, 130);
-    let arrived = arrived();
+    let arrived = files_in(&near);
     assert!(arrived < 60, "{arrived} of 100 files arrived");
 }
 
