@@ -34,7 +34,7 @@ use super::{
 };
 use crate::apply::Xattrs;
 use crate::changes::{ChangeSet, DiffOptions};
-use crate::data_channel::{self, Channel, ChannelGuard, PortRange};
+use crate::data_channel::{self, Channel, ChannelGuard, Offer, PortRange};
 use crate::delta::Signature;
 use crate::model::{Entry, Hash, Preserve, RelPath};
 use crate::plan::Op;
@@ -441,34 +441,64 @@ impl Setup {
         host: &str,
         limit: Duration,
     ) -> Result<Result<Channel, String>, EndpointError> {
-        let offer = match self.answer(call) {
-            Ok(Body::DataChannelOffer(offer)) => offer,
-            Ok(Body::Failed(why)) => return Ok(Err(format!("the far end cannot listen: {why}"))),
-            Ok(other) => return Err(unexpected(&other)),
-            Err(e) => return Err(setup_lost(e)),
-        };
-        let first_rtt = data_channel::first_rtt(self.started.elapsed());
-        let connected = data_addresses(host, offer.port)
-            .map_err(|e| format!("cannot resolve {}: {e}", host_name(host)))
-            .and_then(|addresses| {
-                data_channel::connect(&addresses, &offer, limit, Some(first_rtt))
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|why| format!("UDP port {}: {why}", offer.port));
+        let connected = self
+            .offer(call)?
+            .and_then(|offer| connect_offer(host, &offer, limit, self.started));
         self.tell(Body::UseDataChannel(connected.is_ok()))
             .map_err(setup_lost)?;
         Ok(connected)
     }
 
-    /// Turns down the data channel asked for with `call` (the far end
-    /// drops its listener); the session stays on ssh.
-    fn decline_data_channel(&mut self, call: u64) -> Result<(), EndpointError> {
-        match self.answer(call).map_err(setup_lost)? {
-            Body::DataChannelOffer(_) | Body::Failed(_) => {}
-            other => return Err(unexpected(&other)),
-        }
-        self.tell(Body::UseDataChannel(false)).map_err(setup_lost)
+    /// Starts connecting to the data channel the far end offered in
+    /// answer to `call`, on a thread of its own; the caller tells the far
+    /// end whether it is used. `Ok(Err)`: no offer, and why.
+    fn try_data_channel(
+        &mut self,
+        call: u64,
+        host: &str,
+        limit: Duration,
+    ) -> Result<Result<std::thread::JoinHandle<Result<Channel, String>>, String>, EndpointError>
+    {
+        let offer = match self.offer(call)? {
+            Ok(offer) => offer,
+            Err(why) => return Ok(Err(why)),
+        };
+        let (host, started) = (host.to_string(), self.started);
+        Ok(std::thread::Builder::new()
+            .name("snapsync-quic-connect".into())
+            .spawn(move || connect_offer(&host, &offer, limit, started))
+            .map_err(|e| format!("cannot start a thread: {e}")))
     }
+
+    /// The far end's answer to `call` (an `OpenDataChannel`): its offer,
+    /// or why it has none.
+    fn offer(&mut self, call: u64) -> Result<Result<Offer, String>, EndpointError> {
+        match self.answer(call) {
+            Ok(Body::DataChannelOffer(offer)) => Ok(Ok(offer)),
+            Ok(Body::Failed(why)) => Ok(Err(format!("the far end cannot listen: {why}"))),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(setup_lost(e)),
+        }
+    }
+}
+
+/// Connects to the data channel `offer` at `host`, within `limit`; its
+/// first guess of the round trip is from the login that `started` (see
+/// [`data_channel::first_rtt`]).
+fn connect_offer(
+    host: &str,
+    offer: &Offer,
+    limit: Duration,
+    started: Instant,
+) -> Result<Channel, String> {
+    let first_rtt = data_channel::first_rtt(started.elapsed());
+    data_addresses(host, offer.port)
+        .map_err(|e| format!("cannot resolve {}: {e}", host_name(host)))
+        .and_then(|addresses| {
+            data_channel::connect(&addresses, offer, limit, Some(first_rtt))
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|why| format!("UDP port {}: {why}", offer.port))
 }
 
 fn setup_lost(e: ProtocolError) -> EndpointError {
@@ -554,13 +584,11 @@ impl RemoteEndpoint {
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         };
         // Requests go out without waiting for the answers before them (the
-        // far end answers in order): with `quic` the data channel is asked
-        // for behind the hello; with `auto` behind the pings that decide
-        // whether it is used (sent once the hello is answered, so that the
-        // far end's start is not timed with them; the channel is turned
-        // down on a short link).
-        // The look at the root goes behind them (with `auto`, behind the
-        // pings).
+        // far end answers in order): with `quic` and `auto` the data
+        // channel is asked for behind the hello, and the look at the root
+        // behind it. `auto` then times pings (sent once the hello is
+        // answered, so that the far end's start is not timed with them)
+        // while it tries the channel, and turns it down on a short link.
         let probe = |setup: &mut Setup| match &options.probe {
             Some(request) => setup
                 .ask(Body::Open {
@@ -572,12 +600,11 @@ impl RemoteEndpoint {
             None => Ok(None),
         };
         let asked = setup.tell(hello).and_then(|()| match options.transport {
-            Transport::Quic => {
+            Transport::Quic | Transport::Auto => {
                 let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
                 Ok((Some((Vec::new(), call)), probe(&mut setup)?))
             }
             Transport::Ssh => Ok((None, probe(&mut setup)?)),
-            Transport::Auto => Ok((None, None)),
         });
         let (asked, mut probe_call, reply) = match asked {
             Ok((asked, probe_call)) => (asked, probe_call, read_message(&mut setup.reader)),
@@ -636,17 +663,12 @@ impl RemoteEndpoint {
         }
 
         let asked = match (options.transport, asked) {
-            (Transport::Auto, None) => {
+            (Transport::Auto, Some((_, call))) => {
                 let pinged = (0..PINGS)
                     .map(|_| Ok((setup.ask(Body::Ping)?, Instant::now())))
-                    .collect::<Result<Vec<_>, ProtocolError>>()
-                    .and_then(|pings| {
-                        let call = setup.ask(Body::OpenDataChannel(options.udp_ports))?;
-                        probe_call = probe(&mut setup)?;
-                        Ok(Some((pings, call)))
-                    });
+                    .collect::<Result<Vec<_>, ProtocolError>>();
                 match pinged {
-                    Ok(asked) => asked,
+                    Ok(pings) => Some((pings, call)),
                     Err(unsent) => {
                         // A far end that went may have said why first.
                         let why = read_message(&mut setup.reader).err().unwrap_or(unsent);
@@ -657,6 +679,8 @@ impl RemoteEndpoint {
             }
             (_, asked) => asked,
         };
+        // With `auto`, the look at the root is answered before the pings.
+        let mut probed_early = None;
         let host = &spec.host;
         let mut warning = None;
         let channel = match (options.transport, asked) {
@@ -679,41 +703,62 @@ impl RemoteEndpoint {
                 }
             }
             (Transport::Auto, Some((pings, call))) => {
+                // The offer came with the hello's answer: the channel is
+                // tried while the pings time the ssh round trip (a round
+                // trip sooner than one after the other).
+                let tried = setup
+                    .try_data_channel(call, host, AUTO_LIMIT)
+                    .inspect_err(|_| {
+                        let _ = child.kill();
+                    })?;
+                if let Some(call) = probe_call.take() {
+                    let answer = setup.answer(call).map_err(setup_lost).inspect_err(|_| {
+                        let _ = child.kill();
+                    })?;
+                    probed_early = options.probe.clone().map(|request| (request, answer));
+                }
                 let rtt = setup.round_trip(pings).inspect_err(|_| {
                     let _ = child.kill();
                 })?;
-                if rtt > AUTO_MIN_RTT {
-                    match setup.open_data_channel(call, host, AUTO_LIMIT) {
-                        Ok(Ok(channel)) => Some(channel),
-                        Ok(Err(why)) => {
-                            warning = Some(format!(
-                                "no QUIC data channel to {} ({why}); the session goes through ssh",
-                                host_name(host)
-                            ));
-                            None
-                        }
-                        Err(e) => {
-                            let _ = child.kill();
-                            return Err(e);
-                        }
-                    }
-                } else {
-                    setup.decline_data_channel(call).inspect_err(|_| {
+                // On a short link the attempt is left to end on its own.
+                let connected = match tried {
+                    Ok(attempt) if rtt > AUTO_MIN_RTT => Some(
+                        attempt
+                            .join()
+                            .unwrap_or_else(|_| Err("the attempt failed".into())),
+                    ),
+                    Err(why) if rtt > AUTO_MIN_RTT => Some(Err(why)),
+                    _ => None,
+                };
+                let used = matches!(connected, Some(Ok(_)));
+                setup
+                    .tell(Body::UseDataChannel(used))
+                    .map_err(setup_lost)
+                    .inspect_err(|_| {
                         let _ = child.kill();
                     })?;
-                    None
+                match connected {
+                    Some(Ok(channel)) => Some(channel),
+                    Some(Err(why)) => {
+                        warning = Some(format!(
+                            "no QUIC data channel to {} ({why}); the session goes through ssh",
+                            host_name(host)
+                        ));
+                        None
+                    }
+                    None => None,
                 }
             }
         };
         // The probe's answer follows the data channel's on ssh.
         let probed = match probe_call {
+            None => probed_early,
             Some(call) => {
                 let answer = setup.answer(call).map_err(setup_lost).inspect_err(|_| {
                     let _ = child.kill();
                 })?;
                 options.probe.clone().map(|request| (request, answer))
             }
-            None => None,
         };
         let Setup {
             writer,
