@@ -720,7 +720,6 @@ impl RemoteEndpoint {
                 let rtt = setup.round_trip(pings).inspect_err(|_| {
                     let _ = child.kill();
                 })?;
-                // On a short link the attempt is left to end on its own.
                 let connected = match tried {
                     Ok(attempt) if rtt > AUTO_MIN_RTT => Some(
                         attempt
@@ -728,7 +727,16 @@ impl RemoteEndpoint {
                             .unwrap_or_else(|_| Err("the attempt failed".into())),
                     ),
                     Err(why) if rtt > AUTO_MIN_RTT => Some(Err(why)),
-                    _ => None,
+                    // On a short link the attempt ends, and a channel it
+                    // made closes, on a thread of their own: closing waits
+                    // briefly for the far end to hear of it.
+                    Ok(attempt) => {
+                        let _ = std::thread::Builder::new()
+                            .name("snapsync-quic-unused".into())
+                            .spawn(move || drop(attempt.join()));
+                        None
+                    }
+                    Err(_) => None,
                 };
                 let used = matches!(connected, Some(Ok(_)));
                 setup
