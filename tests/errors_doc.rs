@@ -42,6 +42,12 @@ const INTERNAL: &[(&str, &str)] = &[
     // "state database {path} is unreadable or corrupt ({detail})".
     ("an unknown kind", "detail of a corrupt-database message"),
     ("a malformed hash", "detail of a corrupt-database message"),
+    // `auto`'s data channel attempt runs on a thread of its own; it
+    // panicking is a bug, not something a user can bring about.
+    (
+        "the connecting thread panicked",
+        "a bug's detail inside the documented data channel warning",
+    ),
 ];
 
 // ---------------------------------------------------------------------

@@ -467,7 +467,9 @@ impl Setup {
         Ok(std::thread::Builder::new()
             .name("snapsync-quic-connect".into())
             .spawn(move || connect_offer(&host, &offer, limit, started))
-            .map_err(|e| format!("cannot start a thread: {e}")))
+            .map_err(|e| {
+                format!("cannot start a thread: {e}; the system is short of memory or processes")
+            }))
     }
 
     /// The far end's answer to `call` (an `OpenDataChannel`): its offer,
@@ -724,7 +726,7 @@ impl RemoteEndpoint {
                     Ok(attempt) if rtt > AUTO_MIN_RTT => Some(
                         attempt
                             .join()
-                            .unwrap_or_else(|_| Err("the attempt failed".into())),
+                            .unwrap_or_else(|_| Err("the connecting thread panicked".into())),
                     ),
                     Err(why) if rtt > AUTO_MIN_RTT => Some(Err(why)),
                     // On a short link the attempt ends, and a channel it
