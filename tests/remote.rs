@@ -234,7 +234,7 @@ fn far_end_closing_during_handshake_is_an_error() {
     write(&src, "f", b"1");
     let out = r.run("push", &src, &r.path("dst"), &[]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("handshake"), "{}", stderr(&out));
+    assert_stderr_says(&out, "handshake");
 }
 
 /// The files named `f…` in `dir` (none while it does not exist).
@@ -315,7 +315,7 @@ fn far_end_killed_mid_transfer_leaves_no_partial_file_and_next_run_finishes() {
     let child = push_and_kill_the_far_end(&r, &src, &dst, &["--json"]);
     let out = child.wait_with_output().unwrap();
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("connection"), "{}", stderr(&out));
+    assert_stderr_says(&out, "connection");
     assert!(!stderr(&out).contains("panicked"));
     // Every file under a real name is complete.
     let mut complete = 0u64;
@@ -361,11 +361,7 @@ fn a_far_end_that_dies_mid_push_is_reported_without_reading_the_files_left() {
         "the run went on reading the files left for a far end that is gone",
     );
     assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("lost the connection"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "lost the connection");
 }
 
 /// A stopped pull (SIGINT) waits only for what it has asked for ahead,
@@ -427,7 +423,7 @@ fn far_disk_full_fails_those_files_and_leaves_no_partial_file() {
     write(&src, "large2", &big_file(2 << 20, 2));
     let out = r.run("push", &src, &dst, &["--json"]);
     assert_code(&out, 3);
-    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    assert_stderr_says(&out, "No space left");
     assert_eq!(read(&dst, "small"), b"fits");
     for name in ["large1", "large2"] {
         if let Ok(data) = fs::read(dst.join(name)) {

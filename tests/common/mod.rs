@@ -117,6 +117,16 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Fails, showing all of stderr, unless it says `needle`.
+#[track_caller]
+pub fn assert_stderr_says(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        err.contains(needle),
+        "stderr does not say {needle:?}:\n{err}"
+    );
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
