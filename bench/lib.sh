@@ -224,7 +224,7 @@ EOF
         for ((i = 0; i < 100; i++)); do
             kill -0 "$SSHD_PID" 2>/dev/null || break
             if [[ -n "$far_ns" ]]; then
-                if grep -q "Server listening on $address port $port" "$SSHDIR/sshd.log"; then PORT=$port; break; fi
+                if grep -q "Server listening on $address port $port" "$SSHDIR/sshd.log" 2>/dev/null; then PORT=$port; break; fi
             elif port_open "$port"; then
                 PORT=$port
                 break

@@ -151,6 +151,9 @@ start_bed() { # loss
     [[ -z "$TCP_CC" ]] || args+=(--tcp-congestion "$TCP_CC")
     BED="$WORK/bed-$1"
     mkdir -p "$BED"
+    # Made before the router starts: the loop below may read it before the
+    # background job's redirection has made it.
+    : >"$BED/ready"
     "$WAN_ROUTER" "${args[@]}" --stats "$BED/stats.json" </dev/null >"$BED/ready" 2>"$BED/router.log" &
     ROUTER_PID=$!
     for ((i = 0; i < 300; i++)); do
