@@ -273,7 +273,7 @@ fn resolve_settles_conflicts_the_way_chosen() {
     // A path in no conflict is an error that says so.
     let out = resolve("local", &[&a.join("k-nothing")]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("not in conflict"), "{}", stderr(&out));
+    assert_stderr_says(&out, "not in conflict");
 
     let s = bidi_json(&a, &b, &[], 0);
     assert_eq!(count(&s, "conflicts"), 0, "{s}");
@@ -335,7 +335,7 @@ fn dry_run_shows_both_directions_and_changes_nothing() {
     let text = stdout(&out);
     assert!(text.contains("-> create  to-remote"), "{text}");
     assert!(text.contains("<- create  to-local"), "{text}");
-    assert!(stderr(&out).contains("conflict: c"), "{}", stderr(&out));
+    assert_stderr_says(&out, "conflict: c");
     assert_eq!((tree(&a), tree(&b)), before);
     assert!(!a.join(".snapsync").exists() || !a.join(".snapsync/id").exists());
 }
@@ -346,11 +346,7 @@ fn replica_only_options_are_refused() {
     for flag in ["--newer", "--no-delete"] {
         let out = bidi(&a, &b, &[flag]);
         assert_code(&out, 2);
-        assert!(
-            stderr(&out).contains("push and pull only"),
-            "{}",
-            stderr(&out)
-        );
+        assert_stderr_says(&out, "push and pull only");
     }
 }
 

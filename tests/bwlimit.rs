@@ -147,7 +147,7 @@ fn bwlimit_takes_sizes_with_units() {
     write(&src, "a", b"x");
     let out = push(&src, &dst, &["--bwlimit", "nonsense"]);
     assert_code(&out, 2);
-    assert!(stderr(&out).contains("--bwlimit"), "{}", stderr(&out));
+    assert_stderr_says(&out, "--bwlimit");
     let out = push(&src, &dst, &["--bwlimit", "50M"]);
     assert_code(&out, 0);
 }

@@ -33,7 +33,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{assert_code, snapsync, stderr, write};
+use common::{assert_code, assert_stderr_says, snapsync, stderr, write};
 
 /// Messages an error constructor holds that no user meets, each with the
 /// reason. Keep this short: a message a user can see belongs in the doc.
@@ -877,7 +877,7 @@ fn continuous_mode_timings_that_are_not_whole_numbers_are_documented_usage_error
     let out = common::push(&a, &b, &["-C", "--cooloff", "soon"]);
     assert_code(&out, 2);
     assert_documented_error(&out, "`{text}` is not a whole number of {unit}");
-    assert!(stderr(&out).contains("`soon` is not a whole number of milliseconds"));
+    assert_stderr_says(&out, "`soon` is not a whole number of milliseconds");
     let out = common::push(&a, &b, &["-C", "--scan-interval", "0"]);
     assert_code(&out, 2);
     assert_documented_error(&out, "`{text}`: the interval is 1 second at least");
@@ -895,11 +895,7 @@ fn a_config_file_key_error_is_documented() {
     let out = snapsync(&["run", "--config", config.to_str().unwrap(), "site"]);
     assert_documented_error(&out, "unknown key \"{key}\" in session [{name}]{hint}");
     // The file and the line come first.
-    assert!(
-        stderr(&out).contains("config.toml:5: unknown key \"exclud\""),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "config.toml:5: unknown key \"exclud\"");
 }
 
 #[test]

@@ -424,7 +424,7 @@ fn a_missing_root_of_an_established_session_is_refused_not_made_again() {
                     // Nothing to sync from: -x is no way past.
                     let out = pair.run(&["-x"]);
                     assert_code(&out, 1);
-                    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+                    assert_stderr_says(&out, "does not exist");
                     assert!(!pair.root(side).exists(), "{case}");
                 } else {
                     assert_x_gets_past(&pair, &case);

@@ -385,7 +385,7 @@ fn bidi_refuses_hard_links() {
     fs::create_dir(&pair.dst).unwrap();
     let out = bidi(&pair.src, &pair.dst, &["-H"]);
     assert_code(&out, 2);
-    assert!(stderr(&out).contains("-H/--hard-links"), "{}", stderr(&out));
+    assert_stderr_says(&out, "-H/--hard-links");
     assert!(!pair.src(".snapsync").exists(), "refused before anything");
 }
 

@@ -83,8 +83,8 @@ fn special_files_are_skipped_with_a_warning() {
     assert!(status.success());
     let out = push(&src, &dst, &[]);
     assert_code(&out, 0);
-    assert!(stderr(&out).contains("pipe"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("FIFO"), "{}", stderr(&out));
+    assert_stderr_says(&out, "pipe");
+    assert_stderr_says(&out, "FIFO");
     assert!(dst.join("regular").exists());
     assert!(fs::symlink_metadata(dst.join("pipe")).is_err());
 }
@@ -734,7 +734,7 @@ fn named_sessions_keep_separate_snapshots() {
     // Its direction is part of it.
     let out = pull(&src, &dst, &["-N", "site"]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("push"), "{}", stderr(&out));
+    assert_stderr_says(&out, "push");
     let _ = tmp;
 }
 
@@ -772,7 +772,7 @@ fn verbose_lists_operations_and_quiet_prints_nothing() {
     write(&src, "one", b"1");
     let out = push(&src, &dst, &["-v"]);
     assert_code(&out, 0);
-    assert!(stderr(&out).contains("create  one"), "{}", stderr(&out));
+    assert_stderr_says(&out, "create  one");
     write(&src, "two", b"2");
     let out = push(&src, &dst, &["-q"]);
     assert_code(&out, 0);
@@ -819,7 +819,7 @@ fn non_utf8_names_are_shown_escaped() {
     fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"x").unwrap();
     let out = push(&src, &dst, &["-v"]);
     assert_code(&out, 0);
-    assert!(stderr(&out).contains("bad\\xFFname"), "{}", stderr(&out));
+    assert_stderr_says(&out, "bad\\xFFname");
 }
 
 #[test]
@@ -837,7 +837,7 @@ fn usage_errors_exit_2() {
         tmp.path().join("x").to_str().unwrap(),
     ]);
     assert_code(&out, 2);
-    assert!(stderr(&out).contains("[unclosed"), "{}", stderr(&out));
+    assert_stderr_says(&out, "[unclosed");
 }
 
 #[test]

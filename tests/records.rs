@@ -126,11 +126,7 @@ fn records_list_every_path_with_its_fields() {
         .output()
         .unwrap();
     assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("no snapsync root"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no snapsync root");
 }
 
 #[test]
@@ -151,11 +147,7 @@ fn a_failed_path_is_an_error_with_the_os_message_retried_and_cleared() {
     chattr("-i", &b.join("locked"));
     assert_code(&first, 3);
     assert_code(&second, 3);
-    assert!(
-        stderr(&first).contains("locked/new.txt"),
-        "{}",
-        stderr(&first)
-    );
+    assert_stderr_says(&first, "locked/new.txt");
     assert_eq!(read(&b, "ok2.txt"), b"also fine");
 
     // Both roots record it: the OS's words, when, and how many tries. (The

@@ -285,11 +285,7 @@ fn a_bidi_session_from_the_file_carries_both_ways_and_reports_conflicts() {
     assert_eq!(read(&here, "shared"), b"edited here");
     assert_eq!(read(&there, "shared"), b"edited there, differently");
     assert_same_tree(&setup.path("src"), &setup.path("dst"));
-    assert!(
-        stderr(&out).contains("[both] snapsync: conflict: shared"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "[both] snapsync: conflict: shared");
 }
 
 /// Runs `config` and expects a usage error whose message starts with

@@ -171,7 +171,7 @@ fn a_far_ends_own_refusal_reaches_the_user() {
     let before = (tree(a), tree(b));
     let out = sync("bidi", Reach::Far, a, b, &["-N", "s"]);
     assert_refused_direction(&out, "push");
-    assert!(stderr(&out).contains("far.example"), "{}", stderr(&out));
+    assert_stderr_says(&out, "far.example");
     assert_eq!((tree(a), tree(b)), before);
 }
 
@@ -193,11 +193,7 @@ fn the_direction_is_checked_before_loops() {
     // With the direction check passed (-x), the loop check refuses it.
     let out = sync("push", Reach::Local, c, a, &["-N", "s3", "-x"]);
     assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("flow back into its own upstream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "flow back into its own upstream");
     assert_eq!((tree(a), tree(b), tree(c)), before);
 }
 
@@ -253,15 +249,13 @@ fn excluded_paths_stay_then_sync_again(verb: &str, reach: Reach) {
             "{path}: what is included is deleted"
         );
     }
-    assert!(
-        stderr(&out).contains("directory gone still holds excluded entries; it was kept"),
-        "{}",
-        stderr(&out)
+    assert_stderr_says(
+        &out,
+        "directory gone still holds excluded entries; it was kept",
     );
-    assert!(
-        stderr(&out).contains("directory only-logs still holds excluded entries; it was kept"),
-        "{}",
-        stderr(&out)
+    assert_stderr_says(
+        &out,
+        "directory only-logs still holds excluded entries; it was kept",
     );
     // Both snapshots forgot the excluded paths, and the target's holds no
     // row for the directories it kept for them: they are judged again.
@@ -282,7 +276,7 @@ fn excluded_paths_stay_then_sync_again(verb: &str, reach: Reach) {
     for key in ["created", "updated", "deleted"] {
         assert_eq!(count(&json, key), 0, "{key}: {json}");
     }
-    assert!(stderr(&out).contains("directory gone still holds excluded entries"));
+    assert_stderr_says(&out, "directory gone still holds excluded entries");
     assert_eq!(read(dst, "b.log"), b"b1");
     assert_eq!(read(dst, "gone/sub/g.log"), b"g1");
 
@@ -383,7 +377,10 @@ fn a_directory_kept_for_excluded_entries_goes_once_they_are_included() {
     for _ in 0..2 {
         let out = push(src, dst, &["-N", "s", "--exclude", "*.log"]);
         assert_code(&out, 0);
-        assert!(stderr(&out).contains("directory logs still holds excluded entries; it was kept"));
+        assert_stderr_says(
+            &out,
+            "directory logs still holds excluded entries; it was kept",
+        );
         assert_eq!(read(dst, "logs/x.log"), b"x");
     }
     assert_code(&push(src, dst, &["-N", "s"]), 0);
@@ -443,10 +440,9 @@ fn bidi_excluded_paths_stay_on_both_sides(reach: Reach) {
     fs::remove_dir_all(a.join("gone")).unwrap();
     let out = sync("bidi", reach, a, b, &["-N", "s", "--exclude", "*.log"]);
     assert_code(&out, 0);
-    assert!(
-        stderr(&out).contains("directory gone still holds excluded entries; it was kept"),
-        "{}",
-        stderr(&out)
+    assert_stderr_says(
+        &out,
+        "directory gone still holds excluded entries; it was kept",
     );
     assert_eq!(read(b, "gone/e.log"), b"7");
     assert!(!b.join("gone/f.txt").exists());

@@ -540,7 +540,7 @@ fn guards_max_delete_and_backups_hold_over_ssh() {
     fs::create_dir(&local).unwrap();
     let out = sshd.snapsync("push", &local, &remote, &["-N", "g"]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("-x"), "{}", stderr(&out));
+    assert_stderr_says(&out, "-x");
     assert_eq!(tree(&remote), before, "the far root was touched");
     assert!(
         !local.join(".snapsync").exists(),
